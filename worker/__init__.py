@@ -1,0 +1,1 @@
+"""The screening engine (readers, algorithms, orchestration) and, later, its Celery app."""

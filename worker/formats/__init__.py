@@ -1,0 +1,25 @@
+"""Format readers and writers at the edges; everything in between works on :class:`CanonicalModel`.
+
+Every reader has the same signature, ``(path, architecture=None) -> CanonicalModel``, decides nothing
+from the file name, and never mutates its input file.
+"""
+
+from pathlib import Path
+
+from worker.canonical import CanonicalModel
+from worker.errors import OptionError
+from worker.formats.sniff import FileKind, sniff_model_file
+
+
+def read_model(path: Path, architecture: Path | None = None) -> CanonicalModel:
+    """Read any supported model file (by content) into the canonical form, in eval mode."""
+    kind = sniff_model_file(path)
+    if kind == FileKind.hdf5:
+        from worker.formats.keras_h5 import read_keras_h5
+
+        return read_keras_h5(path, architecture)
+    if architecture is not None:
+        raise OptionError(f"{path.name} is an ONNX file, which carries its own architecture; drop --architecture.")
+    from worker.formats.onnx_reader import read_onnx
+
+    return read_onnx(path)
