@@ -41,7 +41,6 @@ class CanonicalModel(nn.Module):
         self.output = output
         self.signature = signature
         self.layers = nn.ModuleDict({module_key(n.name): modules[n.name] for n in nodes})
-        self._consumers = _count_consumers(self.nodes, output)
         self.eval()
 
     @property
@@ -71,35 +70,57 @@ class CanonicalModel(nn.Module):
         """The pre-softmax output when the model ends in a softmax, else the output itself."""
         return self.run({self.input: x}, logits=True)[self.output]
 
-    def run(self, feeds: Mapping[str, Tensor], keep: Iterable[str] = (), logits: bool = False) -> dict[str, Tensor]:
-        """Evaluate the graph from ``feeds`` (values of any layers, by name) to the output.
+    def run(self, feeds: Mapping[str, Tensor], outputs: Iterable[str] | None = None,
+            logits: bool = False) -> dict[str, Tensor]:
+        """Evaluate the layers named in ``outputs`` (default: the model's output) from ``feeds``.
 
-        The input layer is fed the raw batch in the source's layout; any other layer its output.
-        Layers whose value is fed are not recomputed, so feeding a layer's cached output re-runs only
-        what lies after it. Returns the output and every layer named in ``keep``; other intermediate
-        values are released as soon as their last consumer has run.
+        ``feeds`` holds values of any layers by name: the input layer is fed the raw batch in the
+        source's layout, any other layer its output. Only the layers that the outputs depend on and
+        that are not fed are computed, so feeding a layer's cached output re-runs only what lies after
+        it; intermediate values are released as soon as their last consumer has run.
         """
-        keep = set(keep) | {self.output}
+        wanted = [self.output] if outputs is None else list(outputs)
         values: dict[str, Tensor] = dict(feeds)
         if self.input in values:  # the raw batch, in the source layout: the input layer converts it
             values[self.input] = self.layers[module_key(self.input)](values[self.input])
-        remaining = dict(self._consumers)
+        todo = self._needed(wanted, values)
+        remaining = {name: 0 for name in values}
         for node in self.nodes:
-            if node.name not in values:
-                missing = [i for i in node.inputs if i not in values]
-                if missing or not node.inputs:
-                    raise ValueError(f"layer '{node.name}' needs {missing or 'an input'} to be fed")
-                module = self.layers[module_key(node.name)]
-                args = [values[i] for i in node.inputs]
-                if logits and node.name == self.output:
-                    values[node.name] = _pre_softmax(module, args)
-                else:
-                    values[node.name] = module(*args)
+            if node.name in todo:
+                for i in node.inputs:
+                    remaining[i] = remaining.get(i, 0) + 1
+        for node in self.nodes:
+            if node.name not in todo:
+                continue
+            missing = [i for i in node.inputs if i not in values]
+            if missing or not node.inputs:
+                raise ValueError(f"layer '{node.name}' needs {missing or 'the input'} to be fed")
+            module = self.layers[module_key(node.name)]
+            args = [values[i] for i in node.inputs]
+            if logits and node.name == self.output:
+                values[node.name] = _pre_softmax(module, args)
+            else:
+                values[node.name] = module(*args)
             for i in node.inputs:
                 remaining[i] -= 1
-                if remaining[i] == 0 and i not in keep:
-                    values.pop(i, None)
-        return {name: values[name] for name in keep if name in values}
+                if remaining[i] == 0 and i not in wanted:
+                    del values[i]
+        return {name: values[name] for name in wanted}
+
+    def _needed(self, wanted: list[str], available: Mapping[str, Tensor]) -> set[str]:
+        """The layers to compute so that ``wanted`` are known, given the ``available`` values."""
+        by_name = {n.name: n for n in self.nodes}
+        needed: set[str] = set()
+        stack = [w for w in wanted if w not in available]
+        while stack:
+            name = stack.pop()
+            if name in needed:
+                continue
+            if name not in by_name:
+                raise KeyError(f"the model has no layer '{name}'")
+            needed.add(name)
+            stack.extend(i for i in by_name[name].inputs if i not in available)
+        return needed
 
     def downstream(self, name: str) -> list[str]:
         """Names of the layers whose value depends on layer ``name`` (excluding it)."""
@@ -118,15 +139,6 @@ def _pre_softmax(module: nn.Module, args: list[Tensor]) -> Tensor:
     if isinstance(fused, Activation) and fused.name == "softmax":
         return module.pre_activation(*args)
     return module(*args)
-
-
-def _count_consumers(nodes: list[GraphNode], output: str) -> dict[str, int]:
-    counts = {n.name: 0 for n in nodes}
-    for node in nodes:
-        for i in node.inputs:
-            counts[i] += 1
-    counts[output] += 1
-    return counts
 
 
 def output_activation(model: CanonicalModel) -> str | None:

@@ -206,6 +206,14 @@ def _upsampling(cfg: Config, shapes: list[Shape], where: str) -> nn.Module:
     return ops.Upsample2d(size, mode)
 
 
+def _merge(kind: str) -> Callable[[Config, list[Shape], str], nn.Module]:
+    return lambda cfg, shapes, where: ops.Merge(kind)
+
+
+def _identity(cfg: Config, shapes: list[Shape], where: str) -> nn.Module:
+    return ops.Identity()
+
+
 BUILDERS: dict[str, Callable[[Config, list[Shape], str], nn.Module]] = {
     "Conv2D": _conv2d, "Convolution2D": _conv2d,
     "Dense": _dense,
@@ -217,8 +225,8 @@ BUILDERS: dict[str, Callable[[Config, list[Shape], str], nn.Module]] = {
     "Activation": _activation, "Softmax": _softmax, "ReLU": _relu, "LeakyReLU": _leaky_relu,
     "Flatten": _flatten, "Reshape": _reshape, "Concatenate": _concatenate,
     "ZeroPadding2D": _zero_padding, "Cropping2D": _cropping, "UpSampling2D": _upsampling,
-    **{name: (lambda kind: lambda cfg, shapes, where: ops.Merge(kind))(kind) for name, kind in MERGE_LAYERS.items()},
-    **{name: (lambda cfg, shapes, where: ops.Identity()) for name in IDENTITY_LAYERS},
+    **{name: _merge(kind) for name, kind in MERGE_LAYERS.items()},
+    **{name: _identity for name in IDENTITY_LAYERS},
 }
 
 SUPPORTED = sorted(BUILDERS)
