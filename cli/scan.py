@@ -1,0 +1,143 @@
+"""``bdscreen scan``: screen, repair and wrap a model, here (``--local``) or on a server (``--server``).
+
+Exit codes, for CI gates: 0 clean, 1 backdoored, 3 inconclusive, 2 refused or bad input.
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from schemas.report import ScanReport, Verdict
+from schemas.scan import Detector, PreprocessingOptions, PruneCriterion, RepairOptions, ScanOptions
+
+EXIT_BY_VERDICT = {Verdict.clean: 0, Verdict.backdoored: 1, Verdict.inconclusive: 3}
+
+
+def _floats(value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got '{value}'") from None
+
+
+def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None:
+    scan = commands.add_parser("scan", help="screen a model for backdoors, repair it and build GoodNets",
+                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    scan.add_argument("model", type=existing_file, metavar="MODEL")
+    scan.add_argument("--architecture", type=existing_file, metavar="JSON")
+    data = scan.add_argument_group("data (raw values; scaling is declared below)")
+    data.add_argument("--clean-data", type=existing_file, metavar="FILE",
+                      help="clean labelled data (HDF5 data/label or NPZ x/y); enables repair")
+    data.add_argument("--eval-data", type=existing_file, metavar="FILE",
+                      help="separate clean data for the reported figures (else part of --clean-data is held out)")
+    data.add_argument("--poisoned-data", type=existing_file, metavar="FILE",
+                      help="triggered inputs with their poisoned labels, only to report attack success")
+    prep = scan.add_argument_group("preprocessing: x -> (x / divide_by - mean) / std")
+    prep.add_argument("--divide-by", type=float, default=1.0)
+    prep.add_argument("--mean", type=_floats, default=[0.0], help="one value or one per channel")
+    prep.add_argument("--std", type=_floats, default=[1.0], help="one value or one per channel")
+    prep.add_argument("--bgr", action="store_true", help="reverse channel order (RGB data, BGR model)")
+    repair = scan.add_argument_group("repair")
+    repair.add_argument("--layer", help="conv layer to prune (default: the last conv layer on every path "
+                                        "to the output)")
+    repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], default="mean")
+    repair.add_argument("--thresholds", type=_floats, default=[2.0, 4.0, 10.0],
+                        help="clean-accuracy drops in percentage points (default 2,4,10)")
+    repair.add_argument("--fine-tune", action="store_true", help="fine-tune after pruning (fine-pruning)")
+    repair.add_argument("--fine-tune-epochs", type=int, default=20)
+    repair.add_argument("--holdout", type=float, default=0.3, help="held-out fraction of --clean-data")
+    repair.add_argument("--no-goodnet", action="store_true", help="do not build GoodNets")
+    repair.add_argument("--seed", type=int, default=0)
+    scan.add_argument("--detectors", default="ulp", help="comma-separated detectors, or 'none' (default: ulp)")
+    where = scan.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="run the engine in this process (the default)")
+    out = scan.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    out.add_argument("--out", type=Path, metavar="DIR", help="where artifacts and report.json go "
+                                                             "(default: a temporary folder, removed after)")
+    scan.set_defaults(run=run_scan_command)
+
+
+def options_from_args(args: argparse.Namespace) -> ScanOptions:
+    from pydantic import ValidationError
+
+    from worker.errors import OptionError
+
+    detectors = [] if args.detectors.strip() in ("", "none") else [d.strip() for d in args.detectors.split(",")]
+    try:
+        return ScanOptions(
+            preprocessing=PreprocessingOptions(divide_by=args.divide_by, mean=args.mean, std=args.std, bgr=args.bgr),
+            detectors=[Detector(d) for d in detectors],
+            repair=RepairOptions(layer=args.layer, criterion=args.criterion, thresholds=args.thresholds,
+                                 fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
+                                 holdout_fraction=args.holdout, seed=args.seed),
+            goodnet=not args.no_goodnet)
+    except (ValidationError, ValueError) as exc:
+        raise OptionError(f"invalid option: {_first_error(exc)}") from None
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc)
+
+
+def run_scan_command(args: argparse.Namespace) -> int:
+    from worker.engine import ScanInputs, run_scan
+
+    options = options_from_args(args)
+    inputs = ScanInputs(model=args.model, architecture=args.architecture, clean_data=args.clean_data,
+                        eval_data=args.eval_data, poisoned_data=args.poisoned_data)
+    progress = None if args.json else _print_progress
+    if args.out is None:
+        with tempfile.TemporaryDirectory(prefix="bdscreen-") as tmp:
+            report = run_scan(inputs, options, Path(tmp), progress)
+    else:
+        report = run_scan(inputs, options, args.out, progress)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print(describe_report(report, args.out))
+    return EXIT_BY_VERDICT[report.verdict]
+
+
+def _print_progress(stage: str, fraction: float) -> None:
+    print(f"  [{fraction:4.0%}] {stage}", file=sys.stderr)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def describe_report(report: ScanReport, out: Path | None) -> str:
+    lines = [f"verdict: {report.verdict.value}" + ("" if report.score is None else f" (score {report.score:.3f})")]
+    for f in report.findings:
+        state = f"score {f.score:.3f} / threshold {f.threshold:.3f}" if f.applicable else "not applicable"
+        lines.append(f"  {f.detector:<8} {state}: {f.reason}")
+    if report.repair is not None:
+        r = report.repair
+        lines += ["", f"repair: pruning {r.layer} ({r.criterion} order); decision data {r.split.decision_samples}, "
+                      f"evaluation {r.split.evaluation_samples} ({r.split.evaluation_source})",
+                  f"  baseline: clean accuracy {_pct(r.baseline.clean_accuracy)}, "
+                  f"attack success {_pct(r.baseline.attack_success_rate)}",
+                  f"  {'drop':>6} {'pruned':>7} {'clean acc':>10} {'attack':>8}   artifact"]
+        for m in r.models:
+            if not m.reached:
+                lines.append(f"  {m.threshold:>5g}% {'not reached: no pruning step dropped accuracy that far':>40}")
+                continue
+            lines.append(f"  {m.threshold:>5g}% {m.channels_pruned:>7} {_pct(m.clean_accuracy):>10} "
+                         f"{_pct(m.attack_success_rate):>8}   {m.artifact}{' (fine-tuned)' if m.fine_tuned else ''}")
+    if report.goodnets:
+        lines += ["", f"  {'goodnet':>7} {'clean acc':>10} {'false alarm':>12} {'detection':>10} {'attack':>8}"]
+        for g in report.goodnets:
+            mark = "  <- recommended" if g.recommended else ""
+            lines.append(f"  {g.threshold:>6g}% {_pct(g.clean_accuracy):>10} {_pct(g.false_alarm_rate):>12} "
+                         f"{_pct(g.detection_rate):>10} {_pct(g.attack_success_rate):>8}   {g.artifact}{mark}")
+        if report.repair and report.repair.recommendation:
+            lines.append(f"  recommended {report.repair.recommendation}")
+    if out is not None:
+        lines += ["", f"artifacts in {out}: " + ", ".join(a.name for a in report.artifacts)]
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""The scan report: what ``bdscreen scan --json`` prints and ``GET /v1/scans/{id}`` returns when done.
+
+Accuracies and rates are fractions in [0, 1]. Attack success is the fraction of poisoned inputs
+classified as their poisoned label; a GoodNet's detection rate is the fraction of poisoned inputs it
+sends to its extra class N, its false-alarm rate the fraction of clean inputs it sends there.
+"""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from schemas.models import ModelSignature
+
+
+class Verdict(StrEnum):
+    """The answer to "does this model carry a backdoor?"."""
+
+    #: At least one applicable detector scored at or above its calibrated threshold.
+    backdoored = "backdoored"
+    #: Every applicable detector scored below its threshold.
+    clean = "clean"
+    #: No detector was applicable (or none was asked for): no claim either way.
+    inconclusive = "inconclusive"
+
+
+class Finding(BaseModel):
+    """One detector's evidence; ``applicable`` is false (with the reason) when it could not judge this model."""
+
+    detector: str
+    applicable: bool
+    score: float | None = Field(default=None, description="Probability-like score in [0, 1]; higher is worse.")
+    threshold: float | None = Field(default=None, description="Score at or above which the model is flagged.")
+    bank: str | None = Field(default=None, description="The litmus bank (or other reference) used.")
+    reason: str = Field(description="What was found, or why the detector does not apply.")
+
+
+class Artifact(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+    media_type: str = "application/octet-stream"
+
+
+class Metrics(BaseModel):
+    clean_accuracy: float | None = None
+    attack_success_rate: float | None = Field(default=None, description="None when no poisoned data was given.")
+
+
+class CurvePoint(Metrics):
+    channels_pruned: int
+    decision_accuracy: float = Field(description="Clean accuracy on the data that drove the decisions.")
+
+
+class RepairedModel(Metrics):
+    threshold: float = Field(description="Accuracy drop in percentage points that this model answers to.")
+    reached: bool = Field(description="False when no pruning step dropped accuracy that far.")
+    channels_pruned: int | None = None
+    fine_tuned: bool = False
+    fine_tune_epochs: int | None = None
+    artifact: str | None = Field(default=None, description="Repaired model in the uploaded format.")
+    onnx_artifact: str | None = None
+
+
+class GoodNetResult(Metrics):
+    threshold: float
+    detection_rate: float | None = None
+    false_alarm_rate: float | None = None
+    recommended: bool = False
+    artifact: str | None = Field(default=None, description="ONNX file holding both networks; class N = poisoned.")
+
+
+class DataSplit(BaseModel):
+    decision_samples: int = Field(description="Clean samples that drove ranking, thresholds and fine-tuning.")
+    evaluation_samples: int = Field(description="Clean samples behind the reported clean accuracies.")
+    evaluation_source: str = Field(description="'held-out' part of the clean data, or the separate 'eval-data'.")
+    poisoned_samples: int = 0
+
+
+class RepairReport(BaseModel):
+    layer: str
+    criterion: str
+    order: list[int] = Field(description="Channels in pruning order.")
+    split: DataSplit
+    baseline: Metrics
+    curve: list[CurvePoint]
+    models: list[RepairedModel]
+    recommendation: str | None = Field(default=None, description="Why the recommended GoodNet was chosen.")
+
+
+class ScanReport(BaseModel):
+    """Everything a scan found and made."""
+
+    bdscreen_version: str
+    model: ModelSignature
+    verdict: Verdict
+    score: float | None = Field(default=None, description="Highest applicable detector score.")
+    findings: list[Finding] = Field(default_factory=list)
+    repair: RepairReport | None = None
+    goodnets: list[GoodNetResult] = Field(default_factory=list)
+    artifacts: list[Artifact] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
+    device: str = "cpu"
+
+
+def verdict_of(findings: list[Finding]) -> tuple[Verdict, float | None]:
+    """Backdoored if any applicable finding reaches its threshold; clean if all fall below; else inconclusive."""
+    judged = [f for f in findings if f.applicable and f.score is not None and f.threshold is not None]
+    if not judged:
+        return Verdict.inconclusive, None
+    score = max(f.score for f in judged)
+    if any(f.score >= f.threshold for f in judged):
+        return Verdict.backdoored, score
+    return Verdict.clean, score

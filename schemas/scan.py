@@ -1,0 +1,64 @@
+"""Options of a scan: the same for ``bdscreen scan --local``, the CI client and ``POST /v1/scans``."""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class Detector(StrEnum):
+    ulp = "ulp"
+
+
+class PruneCriterion(StrEnum):
+    """How channels are ranked for pruning (see worker.repair.ranking for the precise definitions)."""
+
+    mean = "mean"
+    linf = "linf"
+    random = "random"
+
+
+class PreprocessingOptions(BaseModel):
+    """The model's own input scaling, declared by the user: x -> (x / divide_by - mean) / std."""
+
+    divide_by: float = Field(default=1.0, gt=0)
+    mean: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    std: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    bgr: bool = Field(default=False, description="Reverse the channel order (RGB data, BGR model).")
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, value: list[float]) -> list[float]:
+        if any(s <= 0 for s in value):
+            raise ValueError("every std must be positive")
+        return value
+
+
+class RepairOptions(BaseModel):
+    enabled: bool = True
+    layer: str | None = Field(default=None, description="Conv layer to prune; default: see the README.")
+    criterion: PruneCriterion = PruneCriterion.mean
+    thresholds: list[float] = Field(default_factory=lambda: [2.0, 4.0, 10.0], min_length=1,
+                                    description="Clean-accuracy drops, in percentage points.")
+    fine_tune: bool = False
+    fine_tune_epochs: int = Field(default=20, ge=1, le=500)
+    holdout_fraction: float = Field(default=0.3, gt=0, lt=1,
+                                    description="Part of the clean data kept for the reported figures "
+                                                "when no separate eval data is given.")
+    max_false_alarm: float = Field(default=0.02, ge=0, le=1,
+                                   description="False-alarm budget for recommending a GoodNet.")
+    seed: int = 0
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds_valid(cls, value: list[float]) -> list[float]:
+        if any(not 0 < t <= 100 for t in value):
+            raise ValueError("thresholds are accuracy drops in percentage points, in (0, 100]")
+        return sorted(set(value))
+
+
+class ScanOptions(BaseModel):
+    preprocessing: PreprocessingOptions = Field(default_factory=PreprocessingOptions)
+    detectors: list[Detector] = Field(default_factory=lambda: [Detector.ulp])
+    repair: RepairOptions = Field(default_factory=RepairOptions)
+    goodnet: bool = True
+    batch_size: int = Field(default=512, ge=1, le=65536)
