@@ -14,3 +14,36 @@ def fixtures() -> Path:
     if not FIXTURES.is_dir():
         pytest.fail(f"The shared fixtures are missing: expected them at {FIXTURES}.")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def reference_inputs(fixtures: Path):
+    """The inputs TensorFlow's reference outputs were computed on, as float32 0-255 before scaling."""
+    import json
+
+    from worker.data import read_image_folder, read_mnist_idx
+
+    index = json.loads((fixtures / "reference/index.json").read_text())
+    faces, names = read_image_folder(fixtures / "ytf/samples")
+    if [Path(n).name for n in names] != index["_inputs"]["ytf"]:
+        pytest.fail(f"the YouTube-Face samples are not the reference's: {names}")
+    digits, _ = read_mnist_idx(fixtures / "mnist/t10k-images-idx3-ubyte.gz",
+                               fixtures / "mnist/t10k-labels-idx1-ubyte.gz", limit=2000)
+    return {"ytf": faces, "mnist": digits}
+
+
+@pytest.fixture(scope="session")
+def reference_outputs(fixtures: Path, reference_inputs):
+    """``(inputs scaled as the index says, TensorFlow's softmax outputs)`` for a model of reference/index.json."""
+    import json
+
+    import numpy as np
+
+    index = json.loads((fixtures / "reference/index.json").read_text())
+
+    def load(name: str):
+        entry = index[name]
+        x = (reference_inputs[entry["inputs"]] / entry["divide_by"]).astype(np.float32)
+        return x, np.load(fixtures / "reference" / f"{name}.npy")
+
+    return load
