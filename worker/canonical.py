@@ -28,7 +28,11 @@ class GraphNode:
 def module_key(name: str) -> str:
     """A torch-safe attribute name for a source layer name (torch forbids '.' and empty keys)."""
     key = name.replace(".", "_") or "_"
-    return key
+    # ModuleDict also refuses keys that shadow its own attributes: a layer named 'eval' or 'keys'.
+    return f"{key}_" if key in _MODULE_DICT_ATTRIBUTES else key
+
+
+_MODULE_DICT_ATTRIBUTES = frozenset(dir(nn.ModuleDict()))
 
 
 class CanonicalModel(nn.Module):
