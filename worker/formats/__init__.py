@@ -1,17 +1,21 @@
 """Format readers and writers at the edges; everything in between works on :class:`CanonicalModel`.
 
 Every reader has the same signature, ``(path, architecture=None) -> CanonicalModel``, decides nothing
-from the file name, and never mutates its input file.
+from the file name, and never mutates its input file. This package's own import is light (no torch):
+the gateway uses :mod:`worker.formats.sniff` to refuse pickles before anything is queued.
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from worker.canonical import CanonicalModel
 from worker.errors import OptionError
 from worker.formats.sniff import FileKind, sniff_model_file
 
+if TYPE_CHECKING:
+    from worker.canonical import CanonicalModel
 
-def read_model(path: Path, architecture: Path | None = None) -> CanonicalModel:
+
+def read_model(path: Path, architecture: Path | None = None) -> "CanonicalModel":
     """Read any supported model file (by content) into the canonical form, in eval mode."""
     kind = sniff_model_file(path)
     if kind == FileKind.hdf5:
