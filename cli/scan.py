@@ -45,7 +45,8 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     repair.add_argument("--thresholds", type=_floats, default=[2.0, 4.0, 10.0],
                         help="clean-accuracy drops in percentage points (default 2,4,10)")
     repair.add_argument("--fine-tune", action="store_true", help="fine-tune after pruning (fine-pruning)")
-    repair.add_argument("--fine-tune-epochs", type=int, default=20)
+    repair.add_argument("--fine-tune-epochs", type=int, default=10)
+    repair.add_argument("--fine-tune-lr", type=float, default=1e-2, help="peak learning rate (cosine to 0)")
     repair.add_argument("--holdout", type=float, default=0.3, help="held-out fraction of --clean-data")
     repair.add_argument("--no-goodnet", action="store_true", help="do not build GoodNets")
     repair.add_argument("--seed", type=int, default=0)
@@ -71,6 +72,7 @@ def options_from_args(args: argparse.Namespace) -> ScanOptions:
             detectors=[Detector(d) for d in detectors],
             repair=RepairOptions(layer=args.layer, criterion=args.criterion, thresholds=args.thresholds,
                                  fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
+                                 fine_tune_learning_rate=args.fine_tune_lr,
                                  holdout_fraction=args.holdout, seed=args.seed),
             goodnet=not args.no_goodnet)
     except (ValidationError, ValueError) as exc:

@@ -91,7 +91,8 @@ def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions
             epochs = None
             if opts.fine_tune:
                 tuned = fine_tune(repaired, layer, ranking.order[:k], tune_train, tune_val,
-                                  epochs=opts.fine_tune_epochs, seed=opts.seed)
+                                  epochs=opts.fine_tune_epochs, learning_rate=opts.fine_tune_learning_rate,
+                                  seed=opts.seed)
                 repaired, epochs = tuned.model, tuned.epochs_run
             tag = f"drop{threshold:g}"
             artifact = f"repaired_{tag}{ext}"

@@ -48,3 +48,22 @@ def test_goodnet_onnx_holds_both_networks_and_matches_in_process(mnist_model, mn
     assert scores.shape == (300, 11)
     assert np.array_equal(labels, goodnet_labels(goodnet, x))
     assert np.array_equal(scores.argmax(1), labels)
+
+
+def test_random_shift_moves_images_along_their_spatial_axes_only():
+    from schemas.models import InputLayout
+    from worker.repair.finetune import random_shift
+
+    x = torch.arange(2 * 4 * 5 * 3, dtype=torch.float32).reshape(2, 4, 5, 3)
+    generator = torch.Generator().manual_seed(0)
+    shifted = random_shift(x, InputLayout.nhwc, 2, generator)
+    dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=torch.Generator().manual_seed(0)))
+    assert (dy, dx) != (0, 0)
+    rows = slice(max(0, dy), 4 + min(0, dy))
+    cols = slice(max(0, dx), 5 + min(0, dx))
+    source = x[:, max(0, -dy):4 - max(0, dy), max(0, -dx):5 - max(0, dx)]
+    assert torch.equal(shifted[:, rows, cols], source)
+    assert shifted.sum() < x.sum()  # the uncovered border is zero
+    nchw = random_shift(x.permute(0, 3, 1, 2), InputLayout.nchw, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(nchw, shifted.permute(0, 3, 1, 2))
+    assert torch.equal(random_shift(x.flatten(1), InputLayout.flat, 2, generator), x.flatten(1))
