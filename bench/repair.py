@@ -78,8 +78,8 @@ def oracle_figures() -> None:
             write_keras_h5(pruned_copy(model, "conv_3", LAB3_ORDER[:channels]), source, out)
             published = h5py.File(FIXTURES / f"ytf/lab3_pruned_drop{drop}.h5")["model_weights"]
             with h5py.File(out) as ours:
-                names: list[str] = []
-                ours.visit(lambda n: names.append(n) if isinstance(ours[n], h5py.Dataset) else None)
+                layers = ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output")
+                names = [f"{layer}/{layer}/{weight}" for layer in layers for weight in ("kernel:0", "bias:0")]
                 same = all(np.array_equal(ours[n][()], published[n][()]) for n in names)
         print(f"oracle lab3 order[:{channels}] vs lab3_pruned_drop{drop}.h5: "
               f"{'identical' if same else 'DIFFERENT'} ({len(names)} weight tensors)")

@@ -47,3 +47,11 @@ def reference_outputs(fixtures: Path, reference_inputs):
         return x, np.load(fixtures / "reference" / f"{name}.npy")
 
     return load
+
+
+@pytest.fixture(scope="session")
+def lab3_order() -> list[int]:
+    """The published pruning order of lab3's conv_3, as fixtures/README.md gives it."""
+    return [int(v) for v in (
+        "0 26 27 30 31 33 34 36 37 38 25 39 41 44 45 47 48 49 50 53 55 40 24 59 9 2 12 13 17 14 15 23 6 51 32 "
+        "22 21 20 19 43 58 3 42 1 29 16 56 46 5 8 11 54 10 28 35 18 4 7 52 57").split()]

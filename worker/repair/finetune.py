@@ -6,7 +6,9 @@ exercises and so never defends; the annealing recovers clean accuracy. (Measured
 MNIST BadNet: Adam at 3e-3 left 26-48 % attack success, at 1e-2 under 1 %; see bench/repair.py.)
 Each batch is shifted by up to ``shift`` pixels (zero-filled), the mildest prior an image classifier
 admits: with a few thousand clean images it lifts clean accuracy, and so agreement with the original
-model, which is what a GoodNet's false-alarm rate measures. Early stopping watches accuracy on a held-out part of the decision data and restores the best epoch
+model, which is what a GoodNet's false-alarm rate measures.
+
+Early stopping watches accuracy on a held-out part of the decision data and restores the best epoch
 (the untouched pruned model counts as epoch 0), so fine-tuning never returns a model that does worse
 on clean data than the pruned one it started from.
 """

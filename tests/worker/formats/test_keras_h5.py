@@ -13,10 +13,6 @@ import torch
 from worker.errors import RefusedModelError, TooLargeError, UnreadableModelError, UnsupportedLayerError
 from worker.formats.keras_h5 import read_keras_h5, write_keras_h5
 
-LAB3_ORDER = [int(v) for v in (
-    "0 26 27 30 31 33 34 36 37 38 25 39 41 44 45 47 48 49 50 53 55 40 24 59 9 2 12 13 17 14 15 23 6 51 32 "
-    "22 21 20 19 43 58 3 42 1 29 16 56 46 5 8 11 54 10 28 35 18 4 7 52 57").split()]
-
 
 def _reference_cases():
     index_path = Path(__file__).resolve().parents[3].parent / "shared/fixtures/reference/index.json"
@@ -86,12 +82,12 @@ def test_architecture_that_does_not_match_the_weights_names_the_layer(fixtures, 
 
 
 @pytest.mark.parametrize("drop,channels", [(2, 45), (4, 48), (10, 52)])
-def test_writer_reproduces_the_published_pruned_models(fixtures, tmp_path, drop, channels):
+def test_writer_reproduces_the_published_pruned_models(fixtures, tmp_path, drop, channels, lab3_order):
     model = read_keras_h5(fixtures / "ytf/lab3_bd_weights.h5", fixtures / "ytf/deepid_architecture.json")
     conv = model.layer("conv_3")
     with torch.no_grad():
-        conv.weight[LAB3_ORDER[:channels]] = 0
-        conv.bias[LAB3_ORDER[:channels]] = 0
+        conv.weight[lab3_order[:channels]] = 0
+        conv.bias[lab3_order[:channels]] = 0
     out = tmp_path / "pruned.h5"
     changed = write_keras_h5(model, fixtures / "ytf/lab3_bd_weights.h5", out)
     assert sorted(changed) == ["/conv_3/conv_3/bias:0", "/conv_3/conv_3/kernel:0"]

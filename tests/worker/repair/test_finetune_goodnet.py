@@ -16,7 +16,8 @@ def test_fine_tuning_keeps_pruned_channels_at_zero_and_leaves_the_input_model(mn
                                                                              mnist_set.y[400:600])
     result = fine_tune(pruned, "conv2d_1", pruned_channels, train, validation, epochs=2, patience=2)
     conv = result.model.layer("conv2d_1")
-    assert torch.count_nonzero(conv.weight[pruned_channels]) == 0 and torch.count_nonzero(conv.bias[pruned_channels]) == 0
+    assert torch.count_nonzero(conv.weight[pruned_channels]) == 0
+    assert torch.count_nonzero(conv.bias[pruned_channels]) == 0
     assert torch.count_nonzero(conv.weight[[1, 2]]) > 0
     assert all(torch.equal(before[k], v) for k, v in pruned.state_dict().items())
     assert result.validation_accuracy[result.best_epoch] == max(result.validation_accuracy)

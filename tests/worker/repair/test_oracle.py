@@ -7,17 +7,13 @@ import pytest
 from worker.formats.keras_h5 import read_keras_h5, write_keras_h5
 from worker.repair.layers import pruned_copy
 
-LAB3_ORDER = [int(v) for v in (
-    "0 26 27 30 31 33 34 36 37 38 25 39 41 44 45 47 48 49 50 53 55 40 24 59 9 2 12 13 17 14 15 23 6 51 32 "
-    "22 21 20 19 43 58 3 42 1 29 16 56 46 5 8 11 54 10 28 35 18 4 7 52 57").split()]
-
 
 @pytest.mark.parametrize("drop,channels", [(2, 45), (4, 48), (10, 52)])
-def test_pruned_lab3_models_equal_the_published_ones(fixtures, tmp_path, drop, channels):
+def test_pruned_lab3_models_equal_the_published_ones(fixtures, tmp_path, drop, channels, lab3_order):
     source = fixtures / "ytf/lab3_bd_weights.h5"
     model = read_keras_h5(source, fixtures / "ytf/deepid_architecture.json")
     out = tmp_path / f"drop{drop}.h5"
-    write_keras_h5(pruned_copy(model, "conv_3", LAB3_ORDER[:channels]), source, out)
+    write_keras_h5(pruned_copy(model, "conv_3", lab3_order[:channels]), source, out)
     published = h5py.File(fixtures / f"ytf/lab3_pruned_drop{drop}.h5")["model_weights"]
     with h5py.File(out) as ours:
         for layer in ("conv_1", "conv_2", "conv_3", "conv_4", "fc_1", "fc_2", "output"):
