@@ -34,6 +34,20 @@ def test_canonical_model_reproduces_tensorflow_softmax(name, fixtures, reference
     assert np.array_equal(out.argmax(1), expected.argmax(1))
 
 
+@pytest.mark.parametrize("name", _reference_cases())
+def test_onnx_export_reproduces_tensorflow_softmax(name, fixtures, reference_outputs, tmp_path):
+    from worker.formats.onnx_export import export_onnx, run_onnx
+
+    entry = json.loads((fixtures / "reference/index.json").read_text())[name]
+    architecture = fixtures / "ytf/deepid_architecture.json" if name == "lab3_bd_weights" else None
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(read_keras_h5(fixtures / entry["model"], architecture), path)
+    x, expected = reference_outputs(name)
+    out = run_onnx(path, x)
+    assert np.abs(out - expected).max() <= 1e-5
+    assert np.array_equal(out.argmax(1), expected.argmax(1))
+
+
 def test_signature_describes_deepid(fixtures):
     sig = read_keras_h5(fixtures / "ytf/sunglasses_bd_net.h5").signature
     assert (sig.format, sig.producer, sig.input_layout) == ("keras-h5", "Keras 2.4.0", "NHWC")
