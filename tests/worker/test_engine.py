@@ -101,3 +101,18 @@ def test_poisoned_data_without_clean_data_is_refused(mnist_files, tmp_path):
 def test_repair_options_reject_nonsense_thresholds():
     with pytest.raises(ValueError):
         RepairOptions(thresholds=[0])
+
+
+def test_poisoned_data_never_changes_a_decision(mnist_files, tmp_path):
+    """Only reported figures may depend on the poisoned data: swap it and every choice stays the same."""
+    other = tmp_path / "other_poison.npz"
+    data = np.load(mnist_files["poisoned"])
+    np.savez(other, x=255 - data["x"], y=np.full_like(data["y"], 3))
+    reports = [run_scan(ScanInputs(mnist_files["model"], clean_data=mnist_files["clean"], poisoned_data=p),
+                        _options(), tmp_path / p.stem) for p in (mnist_files["poisoned"], other)]
+    first, second = (r.repair for r in reports)
+    assert first.order == second.order
+    assert [m.channels_pruned for m in first.models] == [m.channels_pruned for m in second.models]
+    assert [g.recommended for g in reports[0].goodnets] == [g.recommended for g in reports[1].goodnets]
+    assert [p.clean_accuracy for p in first.curve] == [p.clean_accuracy for p in second.curve]
+    assert [p.attack_success_rate for p in first.curve] != [p.attack_success_rate for p in second.curve]

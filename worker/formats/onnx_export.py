@@ -18,9 +18,15 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 def export_onnx(model: CanonicalModel, path: pathlib.Path, opset: int = 17) -> None:
     """Write ``model`` to ``path`` as one ONNX file taking a batch in the model's own input layout."""
-    parameter = next(model.parameters(), None)
+    export_module(model, tuple(model.signature.input_shape), path, [OUTPUT_NAME], opset)
+
+
+def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], path: pathlib.Path,
+                  output_names: list[str], opset: int = 17) -> None:
+    """Write any eval-mode module over canonical models (a model, a GoodNet) as one ONNX file."""
+    parameter = next(module.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
-    example = torch.zeros((1, *model.signature.input_shape), dtype=torch.float32, device=device)
+    example = torch.zeros((1, *input_shape), dtype=torch.float32, device=device)
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter warns that it is deprecated (it is chosen on purpose, see above)
@@ -28,12 +34,12 @@ def export_onnx(model: CanonicalModel, path: pathlib.Path, opset: int = 17) -> N
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset, export_params=True,
-                do_constant_folding=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                module, (example,), str(path), dynamo=False, opset_version=opset, export_params=True,
+                do_constant_folding=True, input_names=[INPUT_NAME], output_names=output_names,
+                dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *output_names]},
             )
     finally:
-        model.eval()  # the exporter switches modes while tracing; a canonical model is always in eval mode
+        module.eval()  # the exporter switches modes while tracing; a canonical model is always in eval mode
 
 
 def onnx_session(path: pathlib.Path) -> ort.InferenceSession:

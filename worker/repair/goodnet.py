@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from worker.canonical import CanonicalModel
+from worker.formats.onnx_export import export_module
 
 
 class GoodNet(nn.Module):
@@ -66,9 +67,4 @@ def evaluate_goodnet(goodnet: GoodNet, clean_x: Tensor, clean_y: Tensor, poisone
 
 def export_goodnet_onnx(goodnet: GoodNet, path: Path, opset: int = 17) -> None:
     """One ONNX file with both networks; input ``input``, outputs ``scores`` and ``label``, dynamic batch."""
-    example = torch.zeros((1, *goodnet.original.signature.input_shape),
-                          device=next(goodnet.parameters()).device)
-    with torch.no_grad():
-        torch.onnx.export(goodnet, (example,), str(path), input_names=["input"], output_names=["scores", "label"],
-                          dynamic_axes={"input": {0: "batch"}, "scores": {0: "batch"}, "label": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+    export_module(goodnet, tuple(goodnet.original.signature.input_shape), path, ["scores", "label"], opset)
