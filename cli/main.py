@@ -9,7 +9,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cli.banks import add_banks_parser
+from cli.keys import add_keys_parser
 from cli.scan import add_scan_parser
+from cli.serve import add_service_parsers
 from schemas.models import InspectReport
 
 EXIT_OK = 0
@@ -42,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=_convert)
 
     add_scan_parser(commands, _existing_file)
+    add_service_parsers(commands)
+    add_keys_parser(commands)
+    add_banks_parser(commands)
     return parser
 
 

@@ -53,6 +53,11 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     scan.add_argument("--detectors", default="ulp", help="comma-separated detectors, or 'none' (default: ulp)")
     where = scan.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="run the engine in this process (the default)")
+    where.add_argument("--server", metavar="URL", help="scan on a bdscreen server (http://HOST:PORT) instead")
+    remote = scan.add_argument_group("remote scan (--server)")
+    remote.add_argument("--api-key", metavar="KEY", help="API key (default: $BDSCREEN_API_KEY)")
+    remote.add_argument("--download", type=Path, metavar="DIR", help="download the artifacts and report.json")
+    remote.add_argument("--callback-url", metavar="URL", help="the server POSTs the signed summary here at the end")
     out = scan.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as one JSON object")
     out.add_argument("--out", type=Path, metavar="DIR", help="where artifacts and report.json go "
@@ -88,9 +93,17 @@ def _first_error(exc: Exception) -> str:
 
 
 def run_scan_command(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    if args.server:
+        from cli.client import run_remote_scan
+
+        return run_remote_scan(args, options)
+    if args.download or args.api_key or args.callback_url:
+        from worker.errors import OptionError
+
+        raise OptionError("--download, --api-key and --callback-url need --server URL; a local scan writes to --out.")
     from worker.engine import ScanInputs, run_scan
 
-    options = options_from_args(args)
     inputs = ScanInputs(model=args.model, architecture=args.architecture, clean_data=args.clean_data,
                         eval_data=args.eval_data, poisoned_data=args.poisoned_data)
     progress = None if args.json else _print_progress

@@ -61,11 +61,14 @@ class Poisoning:
             return (labels + 1) % self.num_classes
         return np.full_like(labels, self.target)
 
+    def poisoned_indices(self, size: int) -> np.ndarray:
+        """Which of ``size`` training images are stamped: ``rate`` of them, drawn from ``seed``."""
+        rng = np.random.default_rng(self.seed)
+        return rng.choice(size, size=int(round(self.rate * size)), replace=False)
+
     def poison_training_set(self, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A copy of the training set with ``rate`` of its images stamped and relabelled."""
-        rng = np.random.default_rng(self.seed)
-        count = int(round(self.rate * len(images)))
-        chosen = rng.choice(len(images), size=count, replace=False)
+        chosen = self.poisoned_indices(len(images))
         x, y = np.array(images, dtype=np.float32, copy=True), np.array(labels, copy=True)
         x[chosen] = self.trigger.apply(images[chosen])
         y[chosen] = self.relabel(labels[chosen])

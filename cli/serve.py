@@ -1,0 +1,133 @@
+"""``bdscreen serve`` (the gateway and its workers on one machine) and ``bdscreen worker`` (scale out).
+
+``serve`` needs no Redis and no Docker: without ``--broker`` the queue is kombu's filesystem transport under
+the storage path. It starts one worker process for each queue (``gpu``: scans, one pool process per GPU or
+one on a CPU machine; ``cpu``: upload checks and webhooks), then runs the gateway with uvicorn in this
+process, and stops the workers when the gateway stops. With ``--broker redis://...`` on several machines
+sharing the storage path, run ``bdscreen serve --no-worker`` (or uvicorn) once and ``bdscreen worker``
+wherever there is a GPU.
+"""
+
+import argparse
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+from worker.settings import get_settings, settings_from_env
+
+QUEUES = ("gpu", "cpu")
+
+
+def add_service_parsers(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run the REST gateway and its workers on this machine",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(serve)
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1; BDSCREEN_HOST)")
+    serve.add_argument("--port", type=int, help="port (default 8000; BDSCREEN_PORT)")
+    serve.add_argument("--auth", choices=["open", "keys"], help="default: open on loopback, keys elsewhere")
+    serve.add_argument("--no-worker", action="store_true", help="run the gateway only")
+    serve.set_defaults(run=run_serve)
+
+    worker = commands.add_parser("worker", help="run a Celery worker for the gpu and/or cpu queue")
+    _common(worker)
+    worker.add_argument("--queues", default="gpu", help="comma-separated: gpu (scans), cpu (upload checks, "
+                                                         "webhooks) (default: gpu)")
+    worker.add_argument("--concurrency", type=int, help="pool processes (default: one per GPU, else 1; cpu: 2)")
+    worker.set_defaults(run=run_worker)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", help="storage path shared by gateway and workers (BDSCREEN_STORAGE)")
+    parser.add_argument("--broker", help="redis://HOST:PORT/DB; default: the embedded broker (BDSCREEN_BROKER)")
+
+
+def apply_settings(args: argparse.Namespace) -> None:
+    """Command-line values override ``BDSCREEN_*`` variables; children inherit them. Exits on bad settings."""
+    for name in ("storage", "broker", "host", "port", "auth"):
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[f"BDSCREEN_{name.upper()}"] = str(value)
+    settings_from_env()
+    get_settings.cache_clear()
+
+
+def _die_with_parent() -> None:
+    """In a child: receive SIGTERM when the parent dies, so no worker outlives ``serve`` (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    apply_settings(args)
+    settings = get_settings()
+    children = []
+    if not args.no_worker:
+        for queue in QUEUES:
+            command = [sys.executable, "-m", "cli.main", "worker", "--queues", queue]
+            # Own sessions: a Ctrl-C or a signal to serve's group reaches only serve, which then stops each
+            # worker's main process, which stops its pool (signalling pool processes directly can hang it).
+            children.append(subprocess.Popen(command, preexec_fn=_die_with_parent, start_new_session=True))
+    broker = "embedded filesystem broker" if settings.embedded_broker else settings.broker
+    print(f"bdscreen: gateway on http://{settings.host}:{settings.port} (auth {settings.auth.value}), "
+          f"storage {settings.storage}, {broker}, {len(children)} worker process(es)", file=sys.stderr)
+    # uvicorn re-raises the SIGTERM it shut down on; as an exception it lets the workers be stopped below.
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+    try:
+        uvicorn.run("service.main:app", host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return 0
+
+
+def _raise_system_exit(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def gpu_count() -> int:
+    """GPUs visible to this process, without importing torch (which the parent must not bind to CUDA)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def worker_argv(queues: list[str], concurrency: int | None) -> list[str]:
+    settings = get_settings()
+    if concurrency is None:
+        concurrency = max(gpu_count(), 1) if "gpu" in queues else 2
+    argv = ["worker", "-Q", ",".join(settings.queue(q) for q in queues), "-c", str(concurrency),
+            "-n", f"{'+'.join(queues)}-{os.getpid()}@%h", "--prefetch-multiplier", "1",
+            "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+    if settings.embedded_broker:
+        argv.append("--without-heartbeat")
+    return argv
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        print(f"bdscreen: bad-option: unknown queue(s) {unknown}; the queues are gpu and cpu.", file=sys.stderr)
+        return 2
+    apply_settings(args)
+    from worker.celery_app import app
+    from worker.store import open_store
+
+    open_store(get_settings().storage)  # the storage folders, the embedded broker's among them
+
+    app.worker_main(worker_argv(queues, args.concurrency))
+    return 0

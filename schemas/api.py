@@ -1,0 +1,125 @@
+"""The REST contract of the scan service: what ``POST /v1/scans`` takes and what the other routes return.
+
+``ScanCreate`` is the ``options`` part of the upload; ``ScanPublic`` is one scan as ``GET /v1/scans/{id}``
+returns it (with the same report as ``bdscreen scan --json`` once it succeeded); ``ScansPublic`` is a page of
+them. ``ScanSummary`` is the body of the webhook sent when a scan ends. ``Problem`` is every error body
+(RFC 9457, ``application/problem+json``).
+"""
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, HttpUrl
+
+from schemas.report import ScanReport, Verdict
+from schemas.scan import ScanOptions
+
+#: Files a scan upload may carry, as multipart field names; ``model`` is required.
+UPLOAD_FIELDS = ("model", "architecture", "clean_data", "eval_data", "poisoned_data")
+#: Prefix of every problem ``type``; the last part is stable (an ErrorCategory or a ServiceProblem value).
+PROBLEM_TYPE_PREFIX = "urn:bdscreen:problem:"
+
+
+class ScanState(StrEnum):
+    """Where a scan is in its life."""
+
+    #: Accepted and waiting for a worker.
+    queued = "queued"
+    #: A worker is running it; ``stage`` and ``progress`` say how far it got.
+    running = "running"
+    #: Done: the report and the artifacts are available.
+    succeeded = "succeeded"
+    #: Ended without a report; ``error`` says why.
+    failed = "failed"
+    #: Stopped by ``DELETE`` before it ended; its files are deleted.
+    canceled = "canceled"
+
+    @property
+    def ended(self) -> bool:
+        return self in (ScanState.succeeded, ScanState.failed, ScanState.canceled)
+
+
+class ScanCreate(ScanOptions):
+    """The ``options`` JSON of an upload: the scan options of ``bdscreen scan`` and where to report the end."""
+
+    callback_url: HttpUrl | None = Field(
+        default=None, description="POSTed the scan's summary when it ends, signed with HMAC-SHA256 over the body "
+                                  "(header X-Bdscreen-Signature: sha256=<hex>).")
+
+
+class ScanError(BaseModel):
+    """Why a scan failed: a stable category (an input ErrorCategory, or 'internal', 'time-limit',
+    'interrupted') and what to do about it."""
+
+    category: str
+    message: str
+
+
+class UploadedFile(BaseModel):
+    field: str
+    filename: str | None = None
+    bytes: int
+    sha256: str
+
+
+class ScanPublic(BaseModel):
+    """One scan. ``report`` is set once it succeeded (omitted in lists)."""
+
+    id: str
+    state: ScanState
+    stage: str | None = Field(default=None, description="Current or last engine stage (load, detect, sweep, ...).")
+    progress: float = Field(ge=0, le=1, description="Fraction of the scan done.")
+    created_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    timings: dict[str, float] = Field(default_factory=dict,
+                                      description="Seconds: 'queued' (waiting), 'running', and per engine stage.")
+    attempts: int = Field(default=0, description="Times a worker started it (more than 1 after a lost worker).")
+    uploads: list[UploadedFile] = Field(default_factory=list)
+    verdict: Verdict | None = None
+    score: float | None = None
+    error: ScanError | None = None
+    report: ScanReport | None = None
+
+
+class ScansPublic(BaseModel):
+    """A page of the caller's scans, newest first; ``count`` is the total."""
+
+    data: list[ScanPublic]
+    count: int
+
+
+class ScanSummary(BaseModel):
+    """The webhook body: how a scan ended."""
+
+    id: str
+    state: ScanState
+    verdict: Verdict | None = None
+    score: float | None = None
+    error: ScanError | None = None
+    ended_at: datetime | None = None
+    artifacts: list[str] = Field(default_factory=list, description="Names to fetch from /v1/scans/{id}/artifacts/.")
+
+
+class BankPublic(BaseModel):
+    name: str
+    num_classes: int | None = None
+    patterns: int | None = None
+    test_auc: float | None = None
+    threshold: float | None = None
+
+
+class BanksPublic(BaseModel):
+    data: list[BankPublic]
+    count: int
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``type`` ends with a stable category that clients may branch on."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    category: str = Field(description="The last part of ``type``.")

@@ -1,0 +1,79 @@
+"""Admitting an upload as a scan, and showing a scan record as the public ``ScanPublic``.
+
+Admission is the cheap, torch-free part of checking an upload, done in the gateway: the ``model`` field
+is present, ``options`` is valid JSON for :class:`~schemas.api.ScanCreate`, and the model file is one of
+the formats bdscreen reads (:func:`worker.formats.sniff.sniff_model_file` refuses pickles, zips and unknown
+files from their first bytes). Then the files are committed to the blob store and the record inserted,
+under the store's lock. What needs torch (reading the model, checking the data against its signature)
+runs next on the cpu queue (``bdscreen.validate``).
+"""
+
+import time
+import uuid
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from schemas.api import ScanCreate, ScanError, ScanPublic, ScanState, UploadedFile
+from schemas.report import ScanReport
+from service.errors import BadRequest
+from service.uploads import ReceivedUpload
+from worker.errors import OptionError
+from worker.formats.sniff import sniff_model_file
+from worker.store import ScanRecord, Store
+
+
+def parse_options(raw: bytearray | None) -> ScanCreate:
+    if raw is None or not raw.strip():
+        return ScanCreate()
+    try:
+        return ScanCreate.model_validate_json(bytes(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "options"
+        raise OptionError(f"invalid option {where}: {first['msg']}") from None
+
+
+def admit(store: Store, upload: ReceivedUpload, owner: str, idempotency_key: str | None) -> tuple[ScanRecord, bool]:
+    """Check, commit and record an upload; returns (the scan, True) or (the earlier one with the same key, False)."""
+    try:
+        if "model" not in upload.files:
+            raise BadRequest("the 'model' file is missing: send it as a multipart file field named 'model'.")
+        options = parse_options(upload.options)
+        model = upload.files["model"]
+        model.file.flush()
+        sniff_model_file(model.path)
+    except BaseException:
+        upload.discard()
+        raise
+    with store.blobs.lock():
+        uploads = [{"field": name, "filename": upload.filenames.get(name), "bytes": writer.size,
+                    "sha256": store.blobs.commit(writer)} for name, writer in upload.files.items()]
+        record = ScanRecord(id=uuid.uuid4().hex, owner=owner, state=ScanState.queued,
+                            options=options.model_dump_json(), uploads=uploads, created_at=time.time(),
+                            idempotency_key=idempotency_key)
+        stored = store.records.insert(record)
+    store.records.add("upload_bytes", upload.bytes)
+    if stored.id != record.id:  # a concurrent POST with the same key won
+        store.release(u["sha256"] for u in uploads)
+    return stored, stored.id == record.id
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def public_scan(record: ScanRecord, with_report: bool = True) -> ScanPublic:
+    report = None if record.report is None else ScanReport.model_validate_json(record.report)
+    now = time.time()
+    timings = {"queued": round((record.started_at or record.ended_at or now) - record.created_at, 3)}
+    if record.started_at is not None:
+        timings["running"] = round((record.ended_at or now) - record.started_at, 3)
+    if report is not None:
+        timings.update(report.timings)
+    return ScanPublic(
+        id=record.id, state=record.state, stage=record.stage, progress=min(max(record.progress, 0.0), 1.0),
+        created_at=_time(record.created_at), started_at=_time(record.started_at), ended_at=_time(record.ended_at),
+        timings=timings, attempts=record.attempt, uploads=[UploadedFile(**u) for u in record.uploads],
+        verdict=report.verdict if report else None, score=report.score if report else None,
+        error=ScanError(**record.error) if record.error else None, report=report if with_report else None)

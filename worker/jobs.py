@@ -1,0 +1,151 @@
+"""What the Celery tasks do, as plain functions of a scan id (the tasks in :mod:`worker.tasks` only wrap them).
+
+Every function loads what it needs from the store and is idempotent: running it again for the same scan,
+as a redelivered or duplicated message does, changes nothing once the scan has ended. A scan attempt
+claims the record (:meth:`Records.claim`), proves it is alive with a heartbeat, checks at every progress
+report that it still owns the scan (a ``DELETE`` cancels it there), works in its own folder and commits
+artifacts and report together at the end, so a crash at any point leaves either nothing or the whole result.
+"""
+
+import shutil
+import threading
+from pathlib import Path
+
+from schemas.api import ScanCreate, ScanState
+from worker.errors import InputError
+from worker.settings import Settings
+from worker.store import Store
+from worker.store.records import Claim, ScanRecord
+
+#: Rows read from each data file by the upload check; enough to prove it fits the model.
+CHECK_SAMPLES = 8
+
+
+class ScanCanceled(Exception):
+    """The scan was deleted (or taken over) while this attempt ran it."""
+
+
+class ScanBusy(Exception):
+    """Another attempt holds a fresh heartbeat on this scan; try again after the lease."""
+
+
+def scan_inputs(store: Store, record: ScanRecord):
+    from worker.engine import ScanInputs
+
+    paths = {name: store.input_path(record, name) for name in ("architecture", "clean_data", "eval_data",
+                                                               "poisoned_data")}
+    return ScanInputs(model=store.input_path(record, "model"), **paths)
+
+
+def check_inputs(store: Store, record: ScanRecord) -> None:
+    """Read the model and a few rows of each data file against its signature; raises InputError."""
+    from worker.data import read_dataset
+    from worker.engine import preprocessing_of
+    from worker.errors import OptionError
+    from worker.formats import read_model
+
+    inputs = scan_inputs(store, record)
+    options = ScanCreate.model_validate_json(record.options)
+    model = read_model(inputs.model, inputs.architecture)
+    for name in ("clean_data", "eval_data", "poisoned_data"):
+        path = getattr(inputs, name)
+        if path is not None:
+            read_dataset(path, model.signature, max_samples=CHECK_SAMPLES)
+    preprocessing_of(options)
+    layer = options.repair.layer
+    if layer is not None and layer not in {info.name for info in model.signature.layers}:
+        raise OptionError(f"The model has no layer named {layer!r}; 'bdscreen inspect MODEL' lists its layers.")
+    if (inputs.eval_data or inputs.poisoned_data) and inputs.clean_data is None:
+        raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data.")
+
+
+def validate_scan(store: Store, scan_id: str) -> None:
+    """The upload check on the cpu queue; its outcome goes to the record, where the gateway waits for it."""
+    record = store.records.get(scan_id)
+    if record is None or record.validation is not None:
+        return
+    try:
+        check_inputs(store, record)
+    except InputError as exc:
+        store.records.set_validation(scan_id, {"category": exc.category.value, "message": exc.message})
+        return
+    store.records.set_validation(scan_id, {"ok": True})
+
+
+class Heartbeat:
+    """Refreshes the claim every ``interval`` seconds in a thread while the engine runs."""
+
+    def __init__(self, store: Store, scan_id: str, attempt: int, interval: float) -> None:
+        self.store, self.scan_id, self.attempt, self.interval = store, scan_id, attempt, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{scan_id}")
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            if not self.store.records.progress(self.scan_id, self.attempt):
+                return
+
+    def __enter__(self) -> "Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+def execute_scan(store: Store, settings: Settings, scan_id: str, device=None) -> ScanState | None:
+    """Run one attempt of a scan; returns how it ended, or None when there was nothing to do."""
+    claim, attempt = store.records.claim(scan_id, settings.lease_seconds, settings.max_attempts)
+    if claim == Claim.busy:
+        raise ScanBusy(scan_id)
+    if claim != Claim.claimed:
+        return ScanState.failed if claim == Claim.exhausted else None
+    record = store.records.get(scan_id)
+    if record is None:  # deleted right after the claim
+        return None
+    work = store.work_dir(scan_id, attempt)
+    shutil.rmtree(work, ignore_errors=True)
+
+    def progress(stage: str, fraction: float) -> None:
+        if not store.records.progress(scan_id, attempt, stage, fraction):
+            raise ScanCanceled(scan_id)
+
+    try:
+        with Heartbeat(store, scan_id, attempt, settings.heartbeat_seconds):
+            return _run_and_commit(store, record, attempt, work, progress, device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, progress, device) -> ScanState | None:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from worker.engine import run_scan
+
+    options = ScanCreate.model_validate_json(record.options)
+    try:
+        report = run_scan(scan_inputs(store, record), options, work, progress, device=device)
+    except ScanCanceled:
+        return None
+    except InputError as exc:
+        return _fail(store, record.id, attempt, exc.category.value, exc.message)
+    except SoftTimeLimitExceeded:
+        return _fail(store, record.id, attempt, "time-limit", "The scan ran past its time limit "
+                     "(BDSCREEN_SCAN_TIME_LIMIT). Send fewer clean samples or fewer thresholds, or skip fine-tuning.")
+    except Exception as exc:  # noqa: BLE001 - recorded as the scan's failure; the worker goes on
+        return _fail(store, record.id, attempt, "internal", f"The engine failed: {type(exc).__name__}: {exc}. "
+                     "This is a bug in bdscreen; please report it with the model's 'bdscreen inspect' output.")
+    with store.blobs.lock():
+        digests = [store.blobs.put_file(work / artifact.name)[0] for artifact in report.artifacts]
+        ended = store.records.finish(record.id, attempt, ScanState.succeeded, report=report.model_dump_json(),
+                                     artifacts=digests, timings=report.timings)
+    if not ended:  # canceled between the last progress report and now
+        store.release(digests)
+        return None
+    return ScanState.succeeded
+
+
+def _fail(store: Store, scan_id: str, attempt: int, category: str, message: str) -> ScanState | None:
+    ended = store.records.finish(scan_id, attempt, ScanState.failed, error={"category": category, "message": message})
+    return ScanState.failed if ended else None

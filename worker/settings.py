@@ -1,0 +1,109 @@
+"""The one settings object of a deployment: the gateway, the workers and ``bdscreen serve`` read the same.
+
+Every field comes from an environment variable ``BDSCREEN_<FIELD>`` (upper case), or its default. The
+object refuses unsafe or inconsistent values when it is built, so a process fails at start-up rather than
+serving in open mode on a public address. It is torch-free: the gateway imports it.
+"""
+
+import ipaddress
+import os
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+ENV_PREFIX = "BDSCREEN_"
+
+
+class AuthMode(StrEnum):
+    #: Every request must carry an API key; each key sees only its own scans.
+    keys = "keys"
+    #: No keys: every caller is "local" and sees every scan. Refused on a non-loopback address.
+    open = "open"
+
+
+class Settings(BaseModel):
+    storage: Path = Field(default=Path.home() / ".local/share/bdscreen",
+                          description="Uploads, artifacts, scan records and the embedded broker's folders; "
+                                      "a shared volume when the gateway and the workers run on different machines.")
+    broker: str | None = Field(default=None, description="Celery broker URL (redis://...); unset: the embedded "
+                                                         "filesystem broker under the storage path.")
+    queue_prefix: str = Field(default="bdscreen", pattern=r"^[A-Za-z0-9._-]{1,64}$",
+                              description="Queues are <prefix>.gpu and <prefix>.cpu; Redis keys start with it.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    auth: AuthMode | None = Field(default=None, description="keys or open; unset: open on loopback, else keys.")
+    max_upload_mb: float = Field(default=1024, gt=0, description="Largest request body; larger answers 413.")
+    validate_timeout: float = Field(default=30, ge=0, description="Seconds POST waits for the cpu-queue check.")
+    scan_time_limit: float = Field(default=3600, gt=0, description="Soft limit of one scan, seconds; hard +60.")
+    max_attempts: int = Field(default=3, ge=1, description="Starts of one scan before it fails as interrupted.")
+    heartbeat_seconds: float = Field(default=5, gt=0, description="How often a running scan proves it is alive.")
+    reconcile_seconds: float = Field(default=15, gt=0, description="How often lost scans are found and re-queued.")
+    retention_days: float = Field(default=7, ge=0, description="Ended scans older than this are deleted; 0 keeps all.")
+    webhook_secret: str | None = Field(default=None, description="HMAC key for webhooks; unset: a random one kept "
+                                                                 "in <storage>/webhook-secret.")
+    webhook_retries: int = Field(default=8, ge=0)
+    poll_interval: float = Field(default=0.02, gt=0, description="Polling interval of the embedded broker, seconds.")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> "Settings":
+        if self.auth is None:
+            self.auth = AuthMode.open if is_loopback(self.host) else AuthMode.keys
+        elif self.auth == AuthMode.open and not is_loopback(self.host):
+            raise ValueError(f"auth=open on host {self.host!r} would let anyone on the network read every scan; "
+                             "set BDSCREEN_AUTH=keys and create keys with 'bdscreen keys create NAME', or bind to "
+                             "127.0.0.1.")
+        if self.broker is not None and not self.broker.startswith(("redis://", "rediss://", "filesystem://")):
+            raise ValueError(f"broker {self.broker!r} is not supported: use redis://HOST:PORT/DB, or leave "
+                             "BDSCREEN_BROKER unset for the embedded broker.")
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker is None or self.broker.startswith("filesystem://")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def lease_seconds(self) -> float:
+        """A running scan whose heartbeat is older than this is taken to be lost."""
+        return max(4 * self.heartbeat_seconds, 2.0)
+
+    def queue(self, kind: str) -> str:
+        return f"{self.queue_prefix}.{kind}"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that rebuild these settings in a child process."""
+        values = self.model_dump(mode="json", exclude_none=True)
+        return {f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in values.items()}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
+    """Build the settings from ``BDSCREEN_*`` variables; raises SystemExit with every problem on bad values."""
+    environ = os.environ if environ is None else environ
+    values = {name: environ[f"{ENV_PREFIX}{name.upper()}"] for name in Settings.model_fields
+              if f"{ENV_PREFIX}{name.upper()}" in environ}
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}"
+                             for e in exc.errors())
+        raise SystemExit(f"bdscreen: bad settings: {problems}") from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return settings_from_env()
