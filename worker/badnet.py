@@ -9,7 +9,6 @@ repository under a key derived from every setting, so it is built once per machi
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,10 +19,7 @@ from torch import nn
 
 from worker.attacks import Poisoning, white_patch
 from worker.data import read_mnist_idx
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("BDSCREEN_CACHE", Path.home() / ".cache" / "bdscreen"))
+from worker.detect.zoo import cache_root
 
 
 @dataclass(frozen=True)
