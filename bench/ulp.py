@@ -7,6 +7,8 @@ lenet5 family and without blended triggers (patch-backdoored and clean models of
 measured on every lenet5 model (a family held out of training) and on blended-trigger models of the other
 families against their clean test-split models (a trigger kind held out of training). The zoo comes from the
 cache that ``python -m worker.detect.build_mnist_bank`` fills (built here first if missing: long).
+A control for that scan: the scanned model's own architecture re-initialised and trained here clean and with
+patch backdoors, and the fraction of each that the shipped bank flags.
 Latency: scoring ``csaw_c_clean_label_bd_net.h5`` with one batched forward pass of the patterns against feeding
 them one at a time (median ms). Throughput: the zoo's training settings for the same models trained batched and
 one after another, models per minute. Threads default to 1: on the project's 2 shared cores two threads ran
@@ -26,7 +28,7 @@ from schemas.models import InputLayout
 from schemas.report import verdict_of
 from worker.canonical import default_device
 from worker.data import Preprocessing
-from worker.detect.architectures import LogitsOf, seeded_family
+from worker.detect.architectures import OWN_ARCHITECTURE, LogitsOf, seeded_family
 from worker.detect.bank import load_bank
 from worker.detect.batched import train_batched, train_sequential
 from worker.detect.build_mnist_bank import BANK_PATH, MNIST_ULP, MNIST_ZOO, load_mnist
@@ -34,7 +36,7 @@ from worker.detect.detector import detect_ulp
 from worker.detect.metrics import roc_auc
 from worker.detect.ulp import bank_scores, litmus_features, train_ulp
 from worker.detect.zoo import generate_zoo, training_job
-from worker.detect.zoo_spec import plan_candidates
+from worker.detect.zoo_spec import ZooSpec, plan_candidates
 from worker.formats import read_model
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -151,6 +153,23 @@ def scan_rows() -> list[tuple[str, str, float, str, str]]:
              f"threshold {finding.threshold:.3f}, bank {finding.bank}")]
 
 
+def own_architecture_rows() -> list[tuple[str, str, float, str, str]]:
+    """A control for the scan: the scanned model's own architecture, re-initialised and trained here, clean and
+    with patch backdoors (the 'own' family), scored by the shipped bank at its threshold."""
+    images, labels, _ = load_mnist()
+    model = read_model(FIXTURES / "mnist" / "csaw_c_clean_label_bd_net.h5")
+    spec = ZooSpec(MNIST_ZOO.input_shape, MNIST_ZOO.num_classes, (OWN_ARCHITECTURE,), models_per_family=12,
+                   trigger_kinds=("patch",), splits=(0.0, 0.0, 1.0), group_size=12, seed=5)
+    members = generate_zoo(spec, images, labels, own_model=model).members()
+    bank = load_bank(BANK_PATH)
+    flagged = bank_scores(bank, members) >= bank.threshold
+    labels_ = np.array([m.backdoored for m in members])
+    return [("control: csaw architecture retrained", "clean models flagged", float(flagged[~labels_].mean()),
+             "rate", f"{flagged[~labels_].sum()} of {(~labels_).sum()} clean 'own' models at the shipped threshold"),
+            ("control: csaw architecture retrained", "backdoored models flagged", float(flagged[labels_].mean()),
+             "rate", f"{flagged[labels_].sum()} of {labels_.sum()} patch-backdoored 'own' models")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -162,6 +181,7 @@ def main() -> None:
     rows += latency_rows(args.repeats)
     rows += throughput_rows(args.throughput_models)
     rows += scan_rows()
+    rows += own_architecture_rows()
     print(f"bench.ulp: torch {torch.__version__}, {torch.get_num_threads()} threads, device {default_device()}")
     print(f"{'figure':<34} {'what':<36} {'value':>10}  note")
     for figure, what, value, unit, note in rows:

@@ -85,7 +85,8 @@ def detect_ulp(model: CanonicalModel, preprocessing: Preprocessing,
     reason = (f"ULP score {score:.3f} is {'at or above' if flagged else 'below'} the bank's threshold "
               f"{bank.threshold:.3f}: on its {len(bank.patterns)} litmus patterns the model responds like the "
               f"{'backdoored' if flagged else 'clean'} models of bank {bank.name}'s zoo (test AUC {test}, "
-              f"architecture families {families}; other architectures are judged less reliably).")
+              f"architecture families {families}). ULP is reliable only for architectures like its zoo's; for "
+              f"another architecture, train a bank with `bdscreen banks train --families own --model MODEL`.")
     return Finding(detector=DETECTOR, applicable=True, score=score, threshold=bank.threshold, bank=bank.name,
                    reason=reason)
 
