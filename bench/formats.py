@@ -11,31 +11,17 @@ baseline time / our time, so above 1 means bdscreen is faster.
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench import FIXTURES, timed
 from worker.canonical import default_device, predict
 from worker.formats import read_model
 from worker.formats.onnx_export import export_onnx, onnx_session, run_onnx
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def keras_loader() -> Callable[[Path], object] | None:

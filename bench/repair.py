@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import torch
 
+from bench import FIXTURES
 from schemas.scan import ScanOptions
 from worker.badnet import mnist_badnet
 from worker.engine import ScanInputs, run_scan
@@ -29,7 +30,6 @@ from worker.formats.keras_h5 import write_keras_h5
 from worker.repair.layers import pruned_copy
 from worker.repair.sweep import EvalSet, naive_sweep, prune_sweep
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 LAB3_ORDER = [int(v) for v in (
     "0 26 27 30 31 33 34 36 37 38 25 39 41 44 45 47 48 49 50 53 55 40 24 59 9 2 12 13 17 14 15 23 6 51 32 "
     "22 21 20 19 43 58 3 42 1 29 16 56 46 5 8 11 54 10 28 35 18 4 7 52 57").split()]

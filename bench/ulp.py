@@ -16,14 +16,13 @@ training five times slower, not faster.
 """
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench import FIXTURES, timed
 from schemas.models import InputLayout
 from schemas.report import verdict_of
 from worker.canonical import default_device
@@ -39,20 +38,8 @@ from worker.detect.zoo import generate_zoo, training_job
 from worker.detect.zoo_spec import ZooSpec, plan_candidates
 from worker.formats import read_model
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 HELD_OUT_FAMILY = "lenet5"
 NCHW = InputLayout.nchw
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def auc_of(bank, members) -> tuple[float, str]:

@@ -55,12 +55,6 @@ class CanonicalModel(nn.Module):
         """The module of the layer called ``name`` in the source."""
         return self.layers[module_key(name)]
 
-    def node(self, name: str) -> GraphNode:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
-
     def train(self, mode: bool = True) -> "CanonicalModel":
         # Fine-tuning switches parameters to trainable, never layers to training behaviour: the
         # source's Dropout is an identity here, and BatchNorm must keep its stored statistics

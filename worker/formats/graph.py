@@ -68,8 +68,7 @@ class GraphBuilder:
         check_node_count(self.what, len(self.nodes) + 1)
         params = sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
         self._parameters += params
-        if self._parameters > MAX_MODEL_ELEMENTS:
-            check_elements(f"{self.what}: all weights", (self._parameters,), MAX_MODEL_ELEMENTS)
+        check_elements(f"{self.what}: all weights", (self._parameters,), MAX_MODEL_ELEMENTS)
         self.nodes.append(node)
         self.modules[node.name] = module
         self.shapes[node.name] = shape

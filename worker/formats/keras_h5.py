@@ -160,8 +160,7 @@ def _load_config(h5: h5py.File, architecture: Path | None, what: str) -> dict[st
             f"{what}: holds weights only (no model_config); pass the architecture as Keras model JSON "
             "(model.to_json()) with --architecture."
         )
-    if len(raw) > MAX_CONFIG_BYTES:
-        check_elements(f"{what}: {source}", (len(raw),), MAX_CONFIG_BYTES)
+    check_elements(f"{what}: {source} bytes", (len(raw),), MAX_CONFIG_BYTES)
     try:
         config = json.loads(raw)
     except (ValueError, RecursionError) as exc:
