@@ -29,6 +29,7 @@ class ServiceProblem(StrEnum):
     payload_too_large = "payload-too-large"
     unsupported_media_type = "unsupported-media-type"
     not_ready = "not-ready"
+    idempotency_key_reused = "idempotency-key-reused"
     internal = "internal"
 
 
@@ -51,6 +52,7 @@ TITLES = {
     ServiceProblem.payload_too_large: "The request body is too large",
     ServiceProblem.unsupported_media_type: "Unsupported media type",
     ServiceProblem.not_ready: "The service is not ready",
+    ServiceProblem.idempotency_key_reused: "The Idempotency-Key belongs to a different request",
     ServiceProblem.internal: "Internal error",
 }
 _BY_STATUS = {400: ServiceProblem.bad_request, 401: ServiceProblem.unauthorized, 404: ServiceProblem.not_found,
@@ -88,6 +90,12 @@ class PayloadTooLarge(ServiceError):
 
 class UnsupportedMediaType(ServiceError):
     problem, status = ServiceProblem.unsupported_media_type, 415
+
+
+class IdempotencyKeyReused(ServiceError):
+    """A key reused with another payload: 422, as the IETF Idempotency-Key draft asks."""
+
+    problem, status = ServiceProblem.idempotency_key_reused, 422
 
 
 class NotReady(ServiceError):

@@ -16,11 +16,13 @@ from pydantic import ValidationError
 
 from schemas.api import ScanCreate, ScanError, ScanPublic, ScanState, UploadedFile
 from schemas.report import ScanReport
-from service.errors import BadRequest
+from service.errors import BadRequest, IdempotencyKeyReused
 from service.uploads import ReceivedUpload
 from worker.errors import OptionError
 from worker.formats.sniff import sniff_model_file
+from worker.settings import Settings
 from worker.store import ScanRecord, Store
+from worker.webhooks import check_callback_url
 
 
 def parse_options(raw: bytearray | None) -> ScanCreate:
@@ -34,12 +36,32 @@ def parse_options(raw: bytearray | None) -> ScanCreate:
         raise OptionError(f"invalid option {where}: {first['msg']}") from None
 
 
-def admit(store: Store, upload: ReceivedUpload, owner: str, idempotency_key: str | None) -> tuple[ScanRecord, bool]:
+def replay(earlier: ScanRecord, upload: ReceivedUpload) -> ScanRecord:
+    """The earlier scan of a retried POST; refuses a different request sent with the same Idempotency-Key."""
+    upload.discard()
+    try:
+        options = parse_options(upload.options).model_dump_json()
+    except OptionError:
+        options = None
+    if not _same_request(earlier, {name: writer.sha256 for name, writer in upload.files.items()}, options):
+        raise IdempotencyKeyReused(f"the Idempotency-Key was already used for scan {earlier.id} with other files or "
+                                   "options; use a new key for a new request.")
+    return earlier
+
+
+def _same_request(record: ScanRecord, files: dict[str, str], options: str | None) -> bool:
+    return files == {u["field"]: u["sha256"] for u in record.uploads} and options == record.options
+
+
+def admit(store: Store, upload: ReceivedUpload, owner: str, idempotency_key: str | None,
+          settings: Settings) -> tuple[ScanRecord, bool]:
     """Check, commit and record an upload; returns (the scan, True) or (the earlier one with the same key, False)."""
     try:
         if "model" not in upload.files:
             raise BadRequest("the 'model' file is missing: send it as a multipart file field named 'model'.")
         options = parse_options(upload.options)
+        if options.callback_url is not None:
+            check_callback_url(str(options.callback_url), settings)
         model = upload.files["model"]
         model.file.flush()
         sniff_model_file(model.path)
@@ -56,6 +78,9 @@ def admit(store: Store, upload: ReceivedUpload, owner: str, idempotency_key: str
     store.records.add("upload_bytes", upload.bytes)
     if stored.id != record.id:  # a concurrent POST with the same key won
         store.release(u["sha256"] for u in uploads)
+        if not _same_request(stored, {u["field"]: u["sha256"] for u in uploads}, record.options):
+            raise IdempotencyKeyReused(f"the Idempotency-Key was just used for scan {stored.id} with other files "
+                                       "or options; use a new key for a new request.")
     return stored, stored.id == record.id
 
 

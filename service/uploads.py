@@ -117,12 +117,3 @@ async def receive_upload(request: Request, blobs: BlobStore, max_bytes: int) -> 
         upload.discard()
         raise
     return upload
-
-
-async def drain(request: Request, max_bytes: int) -> None:
-    """Read and drop a body (a replayed POST), so the connection stays usable."""
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise PayloadTooLarge(too_large_message(received, max_bytes))

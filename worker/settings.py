@@ -7,6 +7,7 @@ serving in open mode on a public address. It is torch-free: the gateway imports 
 
 import ipaddress
 import os
+import re
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +45,9 @@ class Settings(BaseModel):
     webhook_secret: str | None = Field(default=None, description="HMAC key for webhooks; unset: a random one kept "
                                                                  "in <storage>/webhook-secret.")
     webhook_retries: int = Field(default=8, ge=0)
+    callback_allow: str = Field(default="", description="Comma-separated hosts (name, *.suffix) and networks (CIDR) "
+                                                        "a callback_url may reach besides public addresses; "
+                                                        "loopback, private and link-local ones are refused else.")
     poll_interval: float = Field(default=0.02, gt=0, description="Polling interval of the embedded broker, seconds.")
 
     @model_validator(mode="after")
@@ -54,6 +58,7 @@ class Settings(BaseModel):
             raise ValueError(f"auth=open on host {self.host!r} would let anyone on the network read every scan; "
                              "set BDSCREEN_AUTH=keys and create keys with 'bdscreen keys create NAME', or bind to "
                              "127.0.0.1.")
+        self.callback_allow_list()  # refuses a malformed entry at start-up
         if self.broker is not None and not self.broker.startswith(("redis://", "rediss://", "filesystem://")):
             raise ValueError(f"broker {self.broker!r} is not supported: use redis://HOST:PORT/DB, or leave "
                              "BDSCREEN_BROKER unset for the embedded broker.")
@@ -71,6 +76,21 @@ class Settings(BaseModel):
     def lease_seconds(self) -> float:
         """A running scan whose heartbeat is older than this is taken to be lost."""
         return max(4 * self.heartbeat_seconds, 2.0)
+
+    def callback_allow_list(self) -> tuple[tuple[str, ...], tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]]:
+        """The allow-list as (host names, lower case; networks)."""
+        names, networks = [], []
+        for entry in (e.strip() for e in self.callback_allow.split(",")):
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                if not re.fullmatch(r"(\*\.)?[A-Za-z0-9.-]+", entry):
+                    raise ValueError(f"callback_allow entry {entry!r} is neither a host name, *.suffix nor a "
+                                     "network such as 10.0.0.0/8") from None
+                names.append(entry.lower())
+        return tuple(names), tuple(networks)
 
     def queue(self, kind: str) -> str:
         return f"{self.queue_prefix}.{kind}"

@@ -83,4 +83,5 @@ def notify(scan_id: str) -> int | None:
     record = _store().records.get(scan_id, deleted=True)
     if record is None or not record.state.ended or callback_url(record) is None:
         return None
-    return deliver(callback_url(record), record, webhook_secret(get_settings()))
+    settings = get_settings()
+    return deliver(callback_url(record), record, webhook_secret(settings), settings)

@@ -5,12 +5,21 @@ is HMAC-SHA256 of the exact body bytes under the deployment's webhook secret (``
 or a random one kept in ``<storage>/webhook-secret`` and shown by ``bdscreen keys webhook-secret``).
 A receiver recomputes it over the raw body and compares with :func:`hmac.compare_digest`. Any answer other
 than 2xx, or no answer, is retried by the Celery task with exponential backoff.
+
+A callback may only reach public addresses, or hosts and networks the operator allow-lists
+(``BDSCREEN_CALLBACK_ALLOW``): otherwise anyone who may submit a scan could make the workers POST into the
+deployment's own network (cloud metadata at 169.254.169.254, an admin port on loopback). The gateway refuses
+such a ``callback_url`` when the scan is posted, and the worker checks the address again just before it
+delivers, because a name can be re-pointed in between.
 """
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 import os
 import secrets
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,15 +27,40 @@ import httpx
 
 from schemas.api import ScanCreate, ScanError, ScanSummary
 from schemas.report import ScanReport
+from worker.errors import OptionError
 from worker.settings import Settings
 from worker.store import ScanRecord
 
+logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Bdscreen-Signature"
 TIMEOUT_SECONDS = 10
 
 
 class WebhookError(Exception):
     """The receiver did not take the webhook; the task retries."""
+
+
+def check_callback_url(url: str, settings: Settings) -> None:
+    """Raise :class:`OptionError` unless ``url``'s host is allow-listed or every address it resolves to is public."""
+    parsed = httpx.URL(url)
+    host = parsed.host.lower()
+    names, networks = settings.callback_allow_list()
+    if any(host == name or (name.startswith("*.") and host.endswith(name[1:])) for name in names):
+        return
+    try:
+        addresses = {ipaddress.ip_address(host)}
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise OptionError(f"callback_url: the host {host!r} does not resolve ({exc}).") from None
+        addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
+    for address in addresses:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not address.is_global and not any(address in network for network in networks):
+            raise OptionError(f"callback_url: {host} is {address}, not a public address; webhooks may reach "
+                              "non-public addresses only where the operator lists them in BDSCREEN_CALLBACK_ALLOW.")
 
 
 def webhook_secret(settings: Settings) -> bytes:
@@ -66,8 +100,15 @@ def summary_of(record: ScanRecord) -> ScanSummary:
         artifacts=[a.name for a in report.artifacts] if report else [])
 
 
-def deliver(url: str, record: ScanRecord, secret: bytes) -> int:
-    """POST the signed summary; returns the status code, raises WebhookError unless it is 2xx."""
+def deliver(url: str, record: ScanRecord, secret: bytes, settings: Settings) -> int | None:
+    """POST the signed summary; returns the status code, raises WebhookError unless it is 2xx.
+
+    A URL that now points at a refused address is not retried: None, with the reason logged."""
+    try:
+        check_callback_url(url, settings)
+    except OptionError as exc:
+        logger.warning("webhook for scan %s not sent: %s", record.id, exc.message)
+        return None
     body = summary_of(record).model_dump_json().encode()
     headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body),
                "User-Agent": "bdscreen-webhook"}

@@ -137,7 +137,8 @@ class Deployment:
 @pytest.fixture(scope="session")
 def deployment(redis_url, tmp_path_factory):
     """Gateway (keys mode), a gpu worker and a cpu worker on real Redis."""
-    deployment = Deployment(tmp_path_factory.mktemp("deployment"), redis_url, auth="keys")
+    deployment = Deployment(tmp_path_factory.mktemp("deployment"), redis_url, auth="keys",
+                            callback_allow="127.0.0.1")  # the tests' webhook receivers listen on loopback
     deployment.start("gateway", "serve", "--no-worker")
     deployment.start("worker-cpu", "worker", "--queues", "cpu")
     deployment.start("worker-gpu", "worker", "--queues", "gpu")

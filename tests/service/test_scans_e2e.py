@@ -102,6 +102,21 @@ def test_a_retried_post_with_the_same_idempotency_key_returns_the_same_scan(depl
     assert count == again_count
 
 
+def test_the_same_idempotency_key_with_other_options_is_refused(deployment, faces):
+    with deployment.client(deployment.keys["alice"]) as client:
+        headers = {"Idempotency-Key": "ci-run-43"}
+        first = client.post("/v1/scans", headers=headers, files={"model": faces["mnist_model"].read_bytes()},
+                            data={"options": '{"detectors": []}'})
+        count = client.get("/v1/scans").json()["count"]
+        other = client.post("/v1/scans", headers=headers, files={"model": faces["mnist_model"].read_bytes()},
+                            data={"options": '{"detectors": [], "goodnet": false}'})
+        after = client.get("/v1/scans").json()["count"]
+    assert first.status_code == 202
+    assert other.status_code == 422 and other.headers["content-type"] == "application/problem+json"
+    assert other.json()["type"].endswith(":idempotency-key-reused") and first.json()["id"] in other.json()["detail"]
+    assert after == count
+
+
 def test_delete_cancels_a_running_scan_and_deletes_its_files(deployment, faces, tmp_path):
     data = np.load(faces["clean"])
     unique = tmp_path / "clean_unique.npz"  # content no other scan shares, so its blob must go

@@ -44,3 +44,13 @@ def test_the_end_of_a_scan_is_posted_signed_and_retried_after_a_failure(deployme
         summary = json.loads(body)
         assert summary["id"] == scan["id"] and summary["state"] == "succeeded"
         assert summary["verdict"] == "inconclusive"
+
+
+def test_a_callback_into_the_deployments_own_network_is_refused_at_post(deployment, faces):
+    with deployment.client(deployment.keys["alice"]) as client:
+        count = client.get("/v1/scans").json()["count"]
+        answer = post_scan(client, faces["mnist_model"],
+                           json.dumps({"detectors": [], "callback_url": "http://169.254.169.254/latest/meta-data"}))
+        after = client.get("/v1/scans").json()["count"]
+    assert answer.status_code == 422 and answer.json()["type"].endswith(":bad-option")
+    assert "BDSCREEN_CALLBACK_ALLOW" in answer.json()["detail"] and after == count

@@ -10,8 +10,8 @@ from schemas.api import UPLOAD_FIELDS, Problem, ScanPublic, ScansPublic
 from schemas.problems import ErrorCategory
 from service.api.deps import CallerDep, DispatcherDep, ScanDep, SettingsDep, StoreDep
 from service.errors import NotReady
-from service.scans import admit, public_scan
-from service.uploads import drain, receive_upload
+from service.scans import admit, public_scan, replay
+from service.uploads import receive_upload
 from worker.errors import InputError
 from worker.settings import AuthMode
 from worker.webhooks import callback_url
@@ -42,14 +42,14 @@ async def create_scan(request: Request, response: Response, caller: CallerDep, s
                       idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> ScanPublic:
     """Streams the upload to storage, checks it, queues the scan and answers 202 with its id and Location.
 
-    A retried POST with the same ``Idempotency-Key`` (per API key) returns the first scan."""
+    A retried POST with the same ``Idempotency-Key`` (per API key) and the same files and options returns the
+    first scan; the same key with anything else is refused (422)."""
+    upload = await receive_upload(request, store.blobs, settings.max_upload_bytes)
     if idempotency_key:
         earlier = await to_thread.run_sync(store.records.find_by_key, caller, idempotency_key)
         if earlier is not None:
-            await drain(request, settings.max_upload_bytes)
-            return _accepted(response, earlier, replayed=True)
-    upload = await receive_upload(request, store.blobs, settings.max_upload_bytes)
-    record, created = await to_thread.run_sync(admit, store, upload, caller, idempotency_key)
+            return _accepted(response, replay(earlier, upload), replayed=True)
+    record, created = await to_thread.run_sync(admit, store, upload, caller, idempotency_key, settings)
     if not created:
         return _accepted(response, record, replayed=True)
     try:

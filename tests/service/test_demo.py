@@ -1,0 +1,52 @@
+"""The README's first command scans through the service: ``bdscreen serve`` started on embedded defaults, the
+CI client against it, the service stopped again with its workers."""
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from schemas.report import ScanReport
+from worker.data import read_mnist_idx
+from worker.demo import scan_through_service
+
+
+@pytest.fixture
+def digits(fixtures, tmp_path):
+    x, y = read_mnist_idx(fixtures / "mnist/t10k-images-idx3-ubyte.gz", fixtures / "mnist/t10k-labels-idx1-ubyte.gz")
+    path = tmp_path / "digits.npz"
+    np.savez(path, x=x[:300], y=y[:300])
+    return path
+
+
+def test_the_demo_serves_scans_through_the_api_and_stops(fixtures, digits, tmp_path, monkeypatch):
+    monkeypatch.setenv("BDSCREEN_BROKER", "redis://127.0.0.1:1/0")  # a shell's setting the demo must not take
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+    out = tmp_path / "demo"
+    code = scan_through_service([str(fixtures / "mnist/csaw_c_clean_label_bd_net.h5"), "--clean-data", str(digits),
+                                 "--divide-by", "255", "--thresholds", "2"], out)
+    log = (out / "service.log").read_text()
+    assert code in (0, 1), log[-3000:]  # a verdict from the shipped MNIST bank
+    report = ScanReport.model_validate_json((out / "report.json").read_text())
+    assert report.findings[0].detector == "ulp" and report.findings[0].applicable
+    assert {a.name for a in report.artifacts} <= {p.name for p in out.iterdir()}
+    assert "filesystem" in log  # the embedded broker
+    (server,) = started
+    assert server.poll() is not None  # stopped, and with it every worker it started
+    assert not processes_with_storage(out / "service")
+
+
+def processes_with_storage(storage: Path) -> list[str]:
+    """Live processes whose environment names ``storage`` (the service's workers inherit it)."""
+    wanted = f"BDSCREEN_STORAGE={storage}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if wanted in environ.read_bytes().split(b"\0"):
+                found.append(environ.parent.name)
+        except OSError:  # gone, or not ours to read
+            pass
+    return found
