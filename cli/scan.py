@@ -45,7 +45,7 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     repair.add_argument("--thresholds", type=_floats, default=[2.0, 4.0, 10.0],
                         help="clean-accuracy drops in percentage points (default 2,4,10)")
     repair.add_argument("--fine-tune", action="store_true", help="fine-tune after pruning (fine-pruning)")
-    repair.add_argument("--fine-tune-epochs", type=int, default=10)
+    repair.add_argument("--fine-tune-epochs", type=int, default=20)
     repair.add_argument("--fine-tune-lr", type=float, default=1e-2, help="peak learning rate (cosine to 0)")
     repair.add_argument("--holdout", type=float, default=0.3, help="held-out fraction of --clean-data")
     repair.add_argument("--no-goodnet", action="store_true", help="do not build GoodNets")

@@ -40,7 +40,7 @@ class RepairOptions(BaseModel):
     thresholds: list[float] = Field(default_factory=lambda: [2.0, 4.0, 10.0], min_length=1,
                                     description="Clean-accuracy drops, in percentage points.")
     fine_tune: bool = False
-    fine_tune_epochs: int = Field(default=10, ge=1, le=500)
+    fine_tune_epochs: int = Field(default=20, ge=1, le=500)
     fine_tune_learning_rate: float = Field(default=1e-2, gt=0, le=1,
                                            description="Peak Adam learning rate, annealed to 0 (cosine).")
     holdout_fraction: float = Field(default=0.3, gt=0, lt=1,

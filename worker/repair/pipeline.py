@@ -93,7 +93,7 @@ def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions
                 tuned = fine_tune(repaired, layer, ranking.order[:k], tune_train, tune_val,
                                   epochs=opts.fine_tune_epochs, learning_rate=opts.fine_tune_learning_rate,
                                   seed=opts.seed)
-                repaired, epochs = tuned.model, tuned.epochs_run
+                repaired, epochs = tuned.model, opts.fine_tune_epochs
             tag = f"drop{threshold:g}"
             artifact = f"repaired_{tag}{ext}"
             if ext == ".h5":
