@@ -20,7 +20,6 @@ from worker.errors import DataError
 
 BANK_FORMAT = "bdscreen-litmus-bank"
 BANK_VERSION = 1
-FEATURES = ("softmax",)
 MAX_BANK_BYTES = 64 * 1024 * 1024
 MAX_PATTERNS = 256
 MAX_PATTERN_ELEMENTS = 4_000_000
@@ -34,6 +33,23 @@ _ATTRIBUTES = frozenset({"format", "version", "name", "num_classes", "features",
 
 class BankError(DataError):
     """A litmus bank file that bdscreen refuses to use."""
+
+
+def features_name(temperature: float) -> str:
+    """How a bank names its features: ``softmax`` at temperature 1, else ``softmax/T``."""
+    return "softmax" if temperature == 1 else f"softmax/{temperature:g}"
+
+
+def feature_temperature(features: str) -> float | None:
+    """The softmax temperature a ``features`` name stands for; None where it names nothing bdscreen computes."""
+    kind, _, temperature = features.partition("/")
+    if kind != "softmax":
+        return None
+    try:
+        value = float(temperature or 1)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 @dataclass
@@ -154,8 +170,8 @@ def _check(bank: LitmusBank, where: str) -> None:
     problems = []
     if not isinstance(bank.name, str) or not _NAME.fullmatch(bank.name):
         problems.append("its name must be 1-100 letters, digits, '.', '_' or '-'")
-    if bank.features not in FEATURES:
-        problems.append(f"features '{bank.features}' is not one of {FEATURES}")
+    if not isinstance(bank.features, str) or feature_temperature(bank.features) is None:
+        problems.append(f"features '{bank.features}' are not 'softmax' or 'softmax/T' with a temperature T > 0")
     if not isinstance(bank.provenance, dict):
         problems.append("its provenance must be a JSON object")
     if not 2 <= bank.num_classes <= MAX_CLASSES:

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m worker.detect.build_mnist_bank
 
-Trains (or reads back from the zoo cache) 400 candidate models, 80 of each built-in family, on the first 3,000
+Trains (or reads back from the zoo cache) 800 candidate models, 160 of each built-in family, on the first 3,000
 images of the real MNIST test set in ``../shared/fixtures/mnist`` (the only MNIST images the project has), judges
 them on its last 1,000, learns 10 litmus patterns on the training split, calibrates the threshold on the
 validation split and measures the test split. Runs on one thread by default, because CPU results can differ in
@@ -30,7 +30,7 @@ FIXTURES = ROOT.parent / "shared" / "fixtures" / "mnist"
 BANK_PATH = Path(__file__).resolve().parent / "banks" / "mnist-28x28x1.h5"
 MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
-MNIST_ZOO = ZooSpec(input_shape=(28, 28, 1), num_classes=10, families=tuple(FAMILIES), models_per_family=80,
+MNIST_ZOO = ZooSpec(input_shape=(28, 28, 1), num_classes=10, families=tuple(FAMILIES), models_per_family=160,
                     backdoored_fraction=0.6, train_images=3000, eval_images=1000, group_size=40, seed=2020)
 MNIST_ULP = UlpSettings(patterns=10, seed=2020)
 

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from worker.detect.bank import BankError, LitmusBank, load_bank, save_bank
+from worker.detect.bank import BankError, LitmusBank, feature_temperature, features_name, load_bank, save_bank
 
 
 def _bank(**changes: object) -> LitmusBank:
@@ -77,7 +77,17 @@ ODD_FILES: dict[str, tuple[Callable[[h5py.File], None], str]] = {
     "class count off": (_set_attr("num_classes", 11), "need (2, 33)"),
     "provenance not JSON": (_set_attr("provenance", "{not json"), "provenance or scores are malformed"),
     "provenance a list": (_set_attr("provenance", "[1, 2]"), "provenance must be a JSON object"),
+    "unknown features": (_set_attr("features", "logits"), "features 'logits' are not"),
+    "zero temperature": (_set_attr("features", "softmax/0"), "with a temperature T > 0"),
+    "temperature not a number": (_set_attr("features", "softmax/hot"), "with a temperature T > 0"),
 }
+
+
+def test_a_bank_at_a_temperature_round_trips(tmp_path: Path) -> None:
+    save_bank(_bank(features="softmax/4"), tmp_path / "t.h5")
+    loaded = load_bank(tmp_path / "t.h5")
+    assert loaded.features == "softmax/4" and feature_temperature(loaded.features) == 4.0
+    assert feature_temperature("softmax") == 1.0 and features_name(1.0) == "softmax" and features_name(4) == "softmax/4"
 
 
 @pytest.mark.parametrize("case", list(ODD_FILES))

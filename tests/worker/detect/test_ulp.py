@@ -7,6 +7,7 @@ from torch import nn
 
 from schemas.models import InputLayout
 from worker.data import Preprocessing
+from worker.detect.bank import LitmusBank
 from worker.detect.metrics import calibrate_threshold, false_positive_rate, roc_auc
 from worker.detect.ulp import UlpSettings, bank_scores, litmus_features, minibatch_gradients, train_ulp
 from worker.detect.zoo import ZooMember
@@ -27,9 +28,28 @@ def test_ulp_training_separates_backdoored_from_clean_models(small_zoo) -> None:
     assert after >= 0.9 and after > before
     assert np.all((trained.patterns >= 0) & (trained.patterns <= 255))
     history = trained.provenance["history"]
-    best = max(range(len(history)), key=lambda i: (history[i]["validation_auc"], -history[i]["validation_loss"]))
+    best = max(range(len(history)), key=lambda i: (-history[i]["validation_loss"], history[i]["validation_auc"]))
     assert trained.provenance["best_epoch"] == best
     assert trained.validation_auc == history[best]["validation_auc"]
+    assert trained.features == "softmax/4"  # the temperature it trained at, which scoring then uses
+
+
+def test_the_temperature_softens_the_features_and_scoring_uses_the_banks() -> None:
+    member = _toy_member(0, False)
+    patterns = torch.rand(2, 4, 4, 1, generator=torch.Generator().manual_seed(0)).mul(255)
+    plain = litmus_features(patterns, member.module, member.layout, member.preprocessing)
+    soft = litmus_features(patterns, member.module, member.layout, member.preprocessing, 4.0)
+    assert torch.allclose(plain.reshape(2, 3).sum(1), torch.ones(2)) and torch.allclose(soft.reshape(2, 3).sum(1),
+                                                                                         torch.ones(2))
+    assert soft.max() < plain.max() and soft.min() > plain.min()  # closer to uniform
+    bank = LitmusBank("t", patterns.numpy(), np.random.default_rng(0).normal(size=(2, 6)).astype(np.float32),
+                      np.zeros(2, np.float32), 3, 0.5, 0.05, 1.0, 0.0, features="softmax/4")
+    classifier = nn.Linear(6, 2)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.from_numpy(bank.weight))
+        classifier.bias.zero_()
+        expected = torch.softmax(classifier(soft[None]), 1)[0, 1]
+    assert bank_scores(bank, [member])[0] == pytest.approx(float(expected), abs=1e-6)
 
 
 def test_threshold_keeps_validation_false_positives_within_target(small_zoo) -> None:
