@@ -30,7 +30,7 @@ from schemas.report import verdict_of
 from worker.canonical import default_device
 from worker.data import Preprocessing
 from worker.detect.architectures import OWN_ARCHITECTURE, LogitsOf, seeded_family
-from worker.detect.bank import feature_temperature, load_bank
+from worker.detect.bank import load_bank
 from worker.detect.batched import train_batched, train_sequential
 from worker.detect.build_mnist_bank import BANK_PATH, MNIST_ULP, MNIST_ZOO, load_mnist
 from worker.detect.detector import detect_ulp
@@ -84,7 +84,7 @@ def latency_rows(repeats: int) -> list[tuple[str, str, float, str, str]]:
     device = default_device()
     patterns = torch.from_numpy(bank.patterns).to(device)
     weight, bias = torch.from_numpy(bank.weight).to(device), torch.from_numpy(bank.bias).to(device)
-    temperature = feature_temperature(bank.features)
+    temperature = bank.temperature
 
     @torch.no_grad()
     def batched() -> float:

@@ -75,6 +75,11 @@ class LitmusBank:
     features: str = "softmax"
 
     @property
+    def temperature(self) -> float:
+        """The softmax temperature its classifier reads the patterns' outputs at (checked on load and save)."""
+        return feature_temperature(self.features)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """H x W x C of the images the bank's patterns are."""
         return tuple(int(d) for d in self.patterns.shape[1:])

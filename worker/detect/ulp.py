@@ -30,7 +30,7 @@ from schemas.models import InputLayout
 from worker.canonical import CanonicalModel, default_device
 from worker.data import Preprocessing
 from worker.detect.architectures import LogitsOf
-from worker.detect.bank import LitmusBank, feature_temperature, features_name
+from worker.detect.bank import LitmusBank, features_name
 from worker.detect.inputs import image_shape_of, model_input
 from worker.detect.metrics import calibrate_threshold, false_positive_rate, roc_auc
 from worker.detect.zoo import ZooMember
@@ -75,7 +75,7 @@ def total_variation(patterns: Tensor) -> Tensor:
 
 
 def minibatch_gradients(patterns: Tensor, classifier: nn.Linear, members: list[ZooMember], class_weights: Tensor,
-                        tv_weight: float, temperature: float = 1.0) -> tuple[float, list[Tensor]]:
+                        tv_weight: float, temperature: float) -> tuple[float, list[Tensor]]:
     """Mean loss over ``members`` and its gradients for [patterns, classifier weight, classifier bias].
 
     Each model's gradients come from their own ``torch.autograd.grad`` call and are added into accumulators that
@@ -100,7 +100,7 @@ def minibatch_gradients(patterns: Tensor, classifier: nn.Linear, members: list[Z
 
 @torch.no_grad()
 def member_scores(patterns: Tensor, classifier: nn.Linear, members: list[ZooMember],
-                  temperature: float = 1.0) -> np.ndarray:
+                  temperature: float) -> np.ndarray:
     """Probability of "backdoored" for each member."""
     scores = [torch.softmax(classifier(litmus_features(patterns, m.module, m.layout, m.preprocessing,
                                                        temperature)[None]), 1)[0, 1] for m in members]
@@ -204,7 +204,7 @@ def bank_scores(bank: LitmusBank, members: list[ZooMember], device: torch.device
     """Scores of zoo members under ``bank`` (for measuring a bank on other zoos)."""
     device = device or default_device()
     patterns, classifier = _bank_tensors(bank, device)
-    return member_scores(patterns, classifier, _on_device(members, device), feature_temperature(bank.features))
+    return member_scores(patterns, classifier, _on_device(members, device), bank.temperature)
 
 
 def _bank_tensors(bank: LitmusBank, device: torch.device) -> tuple[Tensor, nn.Linear]:
@@ -227,4 +227,4 @@ def ulp_score(bank: LitmusBank, model: CanonicalModel, preprocessing: Preprocess
     device = next(model.parameters(), torch.empty(0)).device
     patterns, classifier = _bank_tensors(bank, device)
     member = ZooMember(LogitsOf(model), signature.input_layout, preprocessing, backdoored=False)
-    return float(member_scores(patterns, classifier, [member], feature_temperature(bank.features))[0])
+    return float(member_scores(patterns, classifier, [member], bank.temperature)[0])

@@ -86,7 +86,7 @@ ODD_FILES: dict[str, tuple[Callable[[h5py.File], None], str]] = {
 def test_a_bank_at_a_temperature_round_trips(tmp_path: Path) -> None:
     save_bank(_bank(features="softmax/4"), tmp_path / "t.h5")
     loaded = load_bank(tmp_path / "t.h5")
-    assert loaded.features == "softmax/4" and feature_temperature(loaded.features) == 4.0
+    assert loaded.features == "softmax/4" and loaded.temperature == 4.0
     assert feature_temperature("softmax") == 1.0 and features_name(1.0) == "softmax" and features_name(4) == "softmax/4"
 
 

@@ -74,8 +74,9 @@ def test_minibatch_gradients_are_the_mean_of_each_models_gradients() -> None:
     patterns = torch.rand(2, 4, 4, 1, generator=torch.Generator().manual_seed(0)).mul(255).requires_grad_(True)
     classifier = nn.Linear(2 * 3, 2)
     weights = torch.tensor([1.0, 1.0])
-    _, together = minibatch_gradients(patterns, classifier, members, weights, tv_weight=0.0)
-    alone = [minibatch_gradients(patterns, classifier, [m], weights, tv_weight=0.0)[1] for m in members]
+    _, together = minibatch_gradients(patterns, classifier, members, weights, tv_weight=0.0, temperature=1.0)
+    alone = [minibatch_gradients(patterns, classifier, [m], weights, tv_weight=0.0, temperature=1.0)[1]
+             for m in members]
     for index, total in enumerate(together):
         torch.testing.assert_close(total, torch.stack([grads[index] for grads in alone]).mean(0))
     # What the official script computed: every entry of its list is the same ``.grad`` buffer, so the "average"
