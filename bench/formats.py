@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from bench import FIXTURES, timed
-from worker.canonical import default_device, predict
-from worker.formats import read_model
-from worker.formats.onnx_export import export_onnx, onnx_session, run_onnx
+from worker.engine.canonical import default_device, predict
+from worker.engine.formats import read_model
+from worker.engine.formats.onnx_export import export_onnx, onnx_session, run_onnx
 
 
 def keras_loader() -> Callable[[Path], object] | None:

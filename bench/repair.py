@@ -23,12 +23,12 @@ import torch
 
 from bench import FIXTURES
 from schemas.scan import ScanOptions
-from worker.badnet import mnist_badnet
-from worker.engine import ScanInputs, run_scan
-from worker.formats import read_model
-from worker.formats.keras_h5 import write_keras_h5
-from worker.repair.layers import pruned_copy
-from worker.repair.sweep import EvalSet, naive_sweep, prune_sweep
+from worker.demo.badnet import mnist_badnet
+from worker.engine.formats import read_model
+from worker.engine.formats.keras_h5 import write_keras_h5
+from worker.engine.repair.layers import pruned_copy
+from worker.engine.repair.sweep import EvalSet, naive_sweep, prune_sweep
+from worker.engine.scan import ScanInputs, run_scan
 
 LAB3_ORDER = [int(v) for v in (
     "0 26 27 30 31 33 34 36 37 38 25 39 41 44 45 47 48 49 50 53 55 40 24 59 9 2 12 13 17 14 15 23 6 51 32 "

@@ -8,7 +8,7 @@ Status reads: ``--clients`` concurrent clients each GET one finished scan ``--re
 on loopback; the client shares the machine's cores with the gateway). Upload: one ``--upload-mb`` body,
 streamed; the gateway's peak resident memory (VmHWM, reset before the upload) is read from /proc.
 End to end: a scan of ytf/sunglasses_bd_net.h5 with 40 clean faces (detectors none, thresholds 2 and 10),
-POST to succeeded, each paired with :func:`worker.engine.run_scan` called in this process on the same files
+POST to succeeded, each paired with :func:`worker.engine.scan.run_scan` called in this process on the same files
 just before it (the machine is shared: a pair sees the same load); and a
 detection-only scan of the small MNIST model, where the queue round trips are most of the time.
 """
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 def faces(folder: Path) -> Path:
     """40 clean faces: the 5 real clean samples with small noise, labelled from their file names."""
-    from worker.data import read_image_folder
+    from worker.engine.data import read_image_folder
 
     images, names = read_image_folder(FIXTURES / "ytf/samples")
     clean = [i for i, n in enumerate(names) if Path(n).name.startswith("cl_")]
@@ -177,7 +177,7 @@ def main() -> None:
         tmp = Path(tmp)
         clean = faces(tmp)
         from schemas.scan import ScanOptions
-        from worker.engine import ScanInputs, run_scan
+        from worker.engine.scan import ScanInputs, run_scan
 
         options = ScanOptions.model_validate_json(OPTIONS)
 

@@ -6,7 +6,7 @@ AUCs (M = 10): the shipped bank on its zoo's test split and on a fresh zoo (anot
 then a bank trained here on the same zoo without the lenet5 family and without blended triggers (patch-backdoored
 and clean models of the other four families), measured on every lenet5 model (a family held out of training) and
 on blended-trigger models of the other families against their clean test-split models (a trigger kind held out of
-training). The zoos come from the cache that ``python -m worker.detect.build_mnist_bank`` fills (built here first
+training). The zoos come from the cache that ``python -m worker.zoo.build_mnist_bank`` fills (built here first
 if missing: long).
 A control for that scan: the scanned model's own architecture re-initialised and trained here clean and with
 patch backdoors, and the fraction of each that the shipped bank flags.
@@ -27,18 +27,18 @@ import torch
 from bench import FIXTURES, timed
 from schemas.models import InputLayout
 from schemas.report import verdict_of
-from worker.canonical import default_device
-from worker.data import Preprocessing
-from worker.detect.architectures import OWN_ARCHITECTURE, LogitsOf, seeded_family
-from worker.detect.bank import load_bank
-from worker.detect.batched import train_batched, train_sequential
-from worker.detect.build_mnist_bank import BANK_PATH, MNIST_ULP, MNIST_ZOO, load_mnist
-from worker.detect.detector import detect_ulp
-from worker.detect.metrics import roc_auc
-from worker.detect.ulp import bank_scores, litmus_features, train_ulp
-from worker.detect.zoo import generate_zoo, training_job
-from worker.detect.zoo_spec import ZooSpec, plan_candidates
-from worker.formats import read_model
+from worker.core.bankfiles import load_bank
+from worker.engine.canonical import default_device
+from worker.engine.data import Preprocessing
+from worker.engine.detect.ulp import detect_ulp, litmus_features
+from worker.engine.formats import read_model
+from worker.zoo.architectures import OWN_ARCHITECTURE, LogitsOf, seeded_family
+from worker.zoo.batched import train_batched, train_sequential
+from worker.zoo.build_mnist_bank import BANK_PATH, MNIST_ULP, MNIST_ZOO, load_mnist
+from worker.zoo.metrics import roc_auc
+from worker.zoo.ulp_training import bank_scores, train_ulp
+from worker.zoo.zoo import generate_zoo, training_job
+from worker.zoo.zoo_spec import ZooSpec, plan_candidates
 
 HELD_OUT_FAMILY = "lenet5"
 #: A zoo that no choice about the shipped bank ever saw (its settings were picked before this zoo existed):

@@ -53,7 +53,7 @@ def add_banks_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from worker.detect.detector import banks_dir, find_banks
+    from worker.core.bankfiles import bank_folders, find_banks
 
     listing = find_banks()
     rows = [{"name": bank.name, "path": str(path), "input_shape": list(bank.input_shape),
@@ -62,7 +62,7 @@ def _list(args: argparse.Namespace) -> int:
              "families": bank.provenance.get("zoo", {}).get("families", [])} for path, bank in listing.banks]
     refused = [{"path": str(path), "reason": reason} for path, reason in listing.refused]
     if args.json:
-        print(json.dumps({"folders": [str(f) for f in banks_dir()], "banks": rows, "refused": refused}, indent=2))
+        print(json.dumps({"folders": [str(f) for f in bank_folders()], "banks": rows, "refused": refused}, indent=2))
     else:
         print(f"{'name':<24} {'input':<10} {'classes':>7} {'M':>3} {'test AUC':>8} {'threshold':>9}  path")
         for row in rows:
@@ -76,12 +76,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from worker.detect.bank import save_bank
-    from worker.detect.batched import TrainingSettings
-    from worker.detect.ulp import UlpSettings, train_ulp
-    from worker.detect.zoo import generate_zoo
-    from worker.detect.zoo_spec import ZooSpec
-    from worker.errors import OptionError
+    from worker.core.bankfiles import save_bank
+    from worker.core.errors import OptionError
+    from worker.zoo.batched import TrainingSettings
+    from worker.zoo.ulp_training import UlpSettings, train_ulp
+    from worker.zoo.zoo import generate_zoo
+    from worker.zoo.zoo_spec import ZooSpec
 
     if not args.out.parent.is_dir():
         raise OptionError(f"--out: folder {args.out.parent} does not exist.")
@@ -111,8 +111,8 @@ def _read_images(args: argparse.Namespace):
     import numpy as np
 
     from schemas.models import InputLayout, ModelFormat, ModelSignature
-    from worker.data import read_dataset, read_mnist_idx
-    from worker.errors import DataError, OptionError
+    from worker.core.errors import DataError, OptionError
+    from worker.engine.data import read_dataset, read_mnist_idx
 
     if not args.data.is_file():
         raise DataError(f"--data: no such file: {args.data}.")
@@ -138,7 +138,7 @@ def _read_images(args: argparse.Namespace):
 
 
 def _parse_shape(text: str | None) -> tuple[int, int, int]:
-    from worker.errors import OptionError
+    from worker.core.errors import OptionError
 
     if text is None:
         raise OptionError("--input-shape HxWxC is needed for HDF5 and NPZ data (for example 28x28x1).")
@@ -152,9 +152,9 @@ def _parse_shape(text: str | None) -> tuple[int, int, int]:
 
 
 def _own_model(args: argparse.Namespace):
-    from worker.detect.architectures import OWN_ARCHITECTURE
-    from worker.errors import OptionError
-    from worker.formats import read_model
+    from worker.core.errors import OptionError
+    from worker.engine.formats import read_model
+    from worker.zoo.architectures import OWN_ARCHITECTURE
 
     if OWN_ARCHITECTURE not in args.families:
         if args.model is not None:

@@ -149,7 +149,7 @@ def download(client: httpx.Client, scan: ScanPublic, folder: Path) -> None:
 
 
 def run_remote_scan(args: argparse.Namespace, options: ScanOptions) -> int:
-    from cli.scan import EXIT_BY_VERDICT, describe_report
+    from cli.scan import describe_report, exit_code
 
     key = args.api_key or os.environ.get("BDSCREEN_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -172,4 +172,4 @@ def run_remote_scan(args: argparse.Namespace, options: ScanOptions) -> int:
         return EXIT_ERROR
     report: ScanReport = scan.report
     print(report.model_dump_json(indent=2) if args.json else describe_report(report, folder))
-    return EXIT_BY_VERDICT[report.verdict]
+    return exit_code(report)

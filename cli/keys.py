@@ -20,10 +20,10 @@ def add_keys_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_keys(args: argparse.Namespace) -> int:
     from cli.serve import apply_settings
-    from worker.settings import get_settings
-    from worker.store import open_store
-    from worker.store.keys import hash_api_key, new_api_key
-    from worker.webhooks import webhook_secret
+    from worker.core.settings import get_settings
+    from worker.core.store import open_store
+    from worker.core.store.keys import hash_api_key, new_api_key
+    from worker.core.webhooks import webhook_secret
 
     apply_settings(args)
     settings = get_settings()

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
-    from worker.errors import InputError
+    from worker.core.errors import InputError
 
     try:
         return run(args)
@@ -64,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from worker.errors import InputError
-    from worker.formats import read_model
+    from worker.core.errors import InputError
+    from worker.engine.formats import read_model
 
     try:
         signature = read_model(args.model, args.architecture).signature
@@ -107,9 +107,9 @@ def _convert(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from worker.canonical import predict
-    from worker.formats import read_model
-    from worker.formats.onnx_export import export_onnx, run_onnx
+    from worker.engine.canonical import predict
+    from worker.engine.formats import read_model
+    from worker.engine.formats.onnx_export import export_onnx, run_onnx
 
     model = read_model(args.model, args.architecture)
     export_onnx(model, args.output)

@@ -9,9 +9,14 @@ import tempfile
 from pathlib import Path
 
 from schemas.report import ScanReport, Verdict
-from schemas.scan import Detector, PreprocessingOptions, PruneCriterion, RepairOptions, ScanOptions
+from schemas.scan import DetectorName, PreprocessingOptions, PruneCriterion, RepairOptions, ScanOptions
 
 EXIT_BY_VERDICT = {Verdict.clean: 0, Verdict.backdoored: 1, Verdict.inconclusive: 3}
+
+
+def exit_code(report: ScanReport) -> int:
+    """The CI gate's answer: a crashed detector or stage is an error (2), never "inconclusive"."""
+    return 2 if report.errors else EXIT_BY_VERDICT[report.verdict]
 
 
 def _floats(value: str) -> list[float]:
@@ -68,13 +73,13 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
 def options_from_args(args: argparse.Namespace) -> ScanOptions:
     from pydantic import ValidationError
 
-    from worker.errors import OptionError
+    from worker.core.errors import OptionError
 
     detectors = [] if args.detectors.strip() in ("", "none") else [d.strip() for d in args.detectors.split(",")]
     try:
         return ScanOptions(
             preprocessing=PreprocessingOptions(divide_by=args.divide_by, mean=args.mean, std=args.std, bgr=args.bgr),
-            detectors=[Detector(d) for d in detectors],
+            detectors=[DetectorName(d) for d in detectors],
             repair=RepairOptions(layer=args.layer, criterion=args.criterion, thresholds=args.thresholds,
                                  fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
                                  fine_tune_learning_rate=args.fine_tune_lr,
@@ -99,10 +104,10 @@ def run_scan_command(args: argparse.Namespace) -> int:
 
         return run_remote_scan(args, options)
     if args.download or args.api_key or args.callback_url:
-        from worker.errors import OptionError
+        from worker.core.errors import OptionError
 
         raise OptionError("--download, --api-key and --callback-url need --server URL; a local scan writes to --out.")
-    from worker.engine import ScanInputs, run_scan
+    from worker.engine.scan import ScanInputs, run_scan
 
     inputs = ScanInputs(model=args.model, architecture=args.architecture, clean_data=args.clean_data,
                         eval_data=args.eval_data, poisoned_data=args.poisoned_data)
@@ -116,7 +121,7 @@ def run_scan_command(args: argparse.Namespace) -> int:
         print(report.model_dump_json(indent=2))
     else:
         print(describe_report(report, args.out))
-    return EXIT_BY_VERDICT[report.verdict]
+    return exit_code(report)
 
 
 def _print_progress(stage: str, fraction: float) -> None:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-from worker.settings import get_settings, settings_from_env
+from worker.core.settings import get_settings, settings_from_env
 
 QUEUES = ("gpu", "cpu")
 
@@ -124,8 +124,8 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"bdscreen: bad-option: unknown queue(s) {unknown}; the queues are gpu and cpu.", file=sys.stderr)
         return 2
     apply_settings(args)
-    from worker.celery_app import app
-    from worker.store import open_store
+    from worker.core.celery_app import app
+    from worker.core.store import open_store
 
     open_store(get_settings().storage)  # the storage folders, the embedded broker's among them
 

@@ -12,7 +12,9 @@ RUN pip install "fastapi>=0.110" "uvicorn>=0.29" "python-multipart>=0.0.9" "pyda
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY service ./service
-COPY worker ./worker
+COPY worker/__init__.py ./worker/__init__.py
+COPY worker/core ./worker/core
+COPY worker/banks ./worker/banks
 COPY cli ./cli
 RUN pip install --no-deps . && useradd --create-home --uid 10001 bdscreen && mkdir /data && chown bdscreen /data
 

@@ -6,6 +6,7 @@ sends to its extra class N, its false-alarm rate the fraction of clean inputs it
 """
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -32,6 +33,18 @@ class Finding(BaseModel):
     threshold: float | None = Field(default=None, description="Score at or above which the model is flagged.")
     bank: str | None = Field(default=None, description="The litmus bank (or other reference) used.")
     reason: str = Field(description="What was found, or why the detector does not apply.")
+    suspected_targets: list[int] = Field(default_factory=list, description="Classes a trigger seems to send to.")
+    evidence: dict[str, Any] = Field(default_factory=dict, description="The figures behind the score.")
+    diagnostics: dict[str, Any] = Field(default_factory=dict,
+                                        description="How the detector ran: samples used, iterations, seconds.")
+    artifacts: list[str] = Field(default_factory=list, description="Evidence files (pictures) among the artifacts.")
+
+
+class StageError(BaseModel):
+    """A detector or stage that crashed: an error of bdscreen or of the model, never a "not applicable"."""
+
+    stage: str = Field(description="'detect:<detector>' or the stage's name.")
+    message: str
 
 
 class Artifact(BaseModel):
@@ -98,6 +111,7 @@ class ScanReport(BaseModel):
     repair: RepairReport | None = None
     goodnets: list[GoodNetResult] = Field(default_factory=list)
     artifacts: list[Artifact] = Field(default_factory=list)
+    errors: list[StageError] = Field(default_factory=list, description="Crashed detectors or stages; the scan exits 2.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")
     device: str = "cpu"
 

@@ -5,12 +5,12 @@ from enum import StrEnum
 from pydantic import BaseModel, Field, field_validator
 
 
-class Detector(StrEnum):
+class DetectorName(StrEnum):
     ulp = "ulp"
 
 
 class PruneCriterion(StrEnum):
-    """How channels are ranked for pruning (see worker.repair.ranking for the precise definitions)."""
+    """How channels are ranked for pruning (see worker.engine.repair.ranking for the precise definitions)."""
 
     mean = "mean"
     linf = "linf"
@@ -60,7 +60,7 @@ class RepairOptions(BaseModel):
 
 class ScanOptions(BaseModel):
     preprocessing: PreprocessingOptions = Field(default_factory=PreprocessingOptions)
-    detectors: list[Detector] = Field(default_factory=lambda: [Detector.ulp])
+    detectors: list[DetectorName] = Field(default_factory=lambda: [DetectorName.ulp])
     repair: RepairOptions = Field(default_factory=RepairOptions)
     goodnet: bool = True
     batch_size: int = Field(default=512, ge=1, le=65536)

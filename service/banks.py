@@ -1,29 +1,18 @@
-"""The litmus banks the ULP detector can use, read without torch (``worker.detect.bank`` needs only h5py).
+"""The litmus banks the ULP detector can use, read without torch (``worker.core.bankfiles`` needs only h5py).
 
-The folders are those of :func:`worker.detect.detector.banks_dir` (the shipped ``worker/detect/banks`` and
-``$BDSCREEN_BANKS``), which cannot be imported here because its module imports torch; keep the two in step.
+The folders come from :func:`worker.core.bankfiles.bank_folders`, the rule the engine's detector uses too.
 Banks are cached by path, size and modification time.
 """
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
-import worker.detect
 from schemas.api import BankPublic
-
-SHIPPED_BANKS = Path(worker.detect.__file__).resolve().parent / "banks"
-
-
-def bank_folders() -> list[Path]:
-    extra = os.environ.get("BDSCREEN_BANKS", "")
-    return [SHIPPED_BANKS, *(Path(folder) for folder in extra.split(os.pathsep) if folder)]
+from worker.core.bankfiles import BankError, bank_folders, load_bank
 
 
 @lru_cache(maxsize=256)
 def _describe(path: Path, size: int, mtime: float) -> BankPublic | None:
-    from worker.detect.bank import BankError, load_bank
-
     try:
         bank = load_bank(path)
     except BankError:

@@ -10,9 +10,9 @@ import anyio
 from anyio import to_thread
 from kombu.exceptions import OperationalError
 
-from worker.reconcile import reconcile
-from worker.settings import Settings
-from worker.store import Store
+from worker.core.reconcile import reconcile
+from worker.core.settings import Settings
+from worker.core.store import Store
 
 log = logging.getLogger("bdscreen.gateway")
 #: How often POST looks at the record while the upload check runs.
@@ -22,7 +22,7 @@ RETENTION_EVERY_SECONDS = 300
 
 class Dispatcher:
     def __init__(self, settings: Settings, store: Store) -> None:
-        from worker.celery_app import app
+        from worker.core.celery_app import app
 
         self.app, self.settings, self.store = app, settings, store
         self._last_retention = 0.0

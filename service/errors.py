@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from schemas.api import PROBLEM_TYPE_PREFIX, Problem
 from schemas.problems import ErrorCategory
-from worker.errors import InputError
+from worker.core.errors import InputError
 
 MEDIA_TYPE = "application/problem+json"
 

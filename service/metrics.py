@@ -7,7 +7,7 @@
 """
 
 from schemas.api import ScanState
-from worker.store import Store
+from worker.core.store import Store
 
 STAGE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 

@@ -2,7 +2,7 @@
 
 Admission is the cheap, torch-free part of checking an upload, done in the gateway: the ``model`` field
 is present, ``options`` is valid JSON for :class:`~schemas.api.ScanCreate`, and the model file is one of
-the formats bdscreen reads (:func:`worker.formats.sniff.sniff_model_file` refuses pickles, zips and unknown
+the formats bdscreen reads (:func:`worker.core.sniff.sniff_model_file` refuses pickles, zips and unknown
 files from their first bytes). Then the files are committed to the blob store and the record inserted,
 under the store's lock. What needs torch (reading the model, checking the data against its signature)
 runs next on the cpu queue (``bdscreen.validate``).
@@ -18,11 +18,11 @@ from schemas.api import ScanCreate, ScanError, ScanPublic, ScanState, UploadedFi
 from schemas.report import ScanReport
 from service.errors import BadRequest, IdempotencyKeyReused
 from service.uploads import ReceivedUpload
-from worker.errors import OptionError
-from worker.formats.sniff import sniff_model_file
-from worker.settings import Settings
-from worker.store import ScanRecord, Store
-from worker.webhooks import check_callback_url
+from worker.core.errors import OptionError
+from worker.core.settings import Settings
+from worker.core.sniff import sniff_model_file
+from worker.core.store import ScanRecord, Store
+from worker.core.webhooks import check_callback_url
 
 
 def parse_options(raw: bytearray | None) -> ScanCreate:

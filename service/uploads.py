@@ -1,7 +1,7 @@
 """Receiving a scan upload: the multipart body is parsed as it streams in and each file goes straight to disk.
 
 Nothing holds a whole file in memory: chunks go from the socket through ``python_multipart``'s streaming
-parser into a :class:`~worker.store.blobs.BlobWriter` (which hashes as it writes). The size limit is
+parser into a :class:`~worker.core.store.blobs.BlobWriter` (which hashes as it writes). The size limit is
 checked against ``Content-Length`` before a byte is read (so a client sending ``Expect: 100-continue``
 learns of a 413 before it sends the body), and against the bytes actually received for chunked bodies.
 """
@@ -14,7 +14,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from schemas.api import UPLOAD_FIELDS
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from worker.store.blobs import BlobStore, BlobWriter
+from worker.core.store.blobs import BlobStore, BlobWriter
 
 OPTIONS_FIELD = "options"
 MAX_OPTIONS_BYTES = 256 * 1024

@@ -21,7 +21,7 @@ def reference_inputs(fixtures: Path):
     """The inputs TensorFlow's reference outputs were computed on, as float32 0-255 before scaling."""
     import json
 
-    from worker.data import read_image_folder, read_mnist_idx
+    from worker.engine.data import read_image_folder, read_mnist_idx
 
     index = json.loads((fixtures / "reference/index.json").read_text())
     faces, names = read_image_folder(fixtures / "ytf/samples")

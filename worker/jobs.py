@@ -12,10 +12,10 @@ import threading
 from pathlib import Path
 
 from schemas.api import ScanCreate, ScanState
-from worker.errors import InputError
-from worker.settings import Settings
-from worker.store import Store
-from worker.store.records import Claim, ScanRecord
+from worker.core.errors import InputError
+from worker.core.settings import Settings
+from worker.core.store import Store
+from worker.core.store.records import Claim, ScanRecord
 
 #: Rows read from each data file by the upload check; enough to prove it fits the model.
 CHECK_SAMPLES = 8
@@ -30,7 +30,7 @@ class ScanBusy(Exception):
 
 
 def scan_inputs(store: Store, record: ScanRecord):
-    from worker.engine import ScanInputs
+    from worker.engine.scan import ScanInputs
 
     paths = {name: store.input_path(record, name) for name in ("architecture", "clean_data", "eval_data",
                                                                "poisoned_data")}
@@ -39,10 +39,10 @@ def scan_inputs(store: Store, record: ScanRecord):
 
 def check_inputs(store: Store, record: ScanRecord) -> None:
     """Read the model and a few rows of each data file against its signature; raises InputError."""
-    from worker.data import read_dataset
-    from worker.engine import preprocessing_of
-    from worker.errors import OptionError
-    from worker.formats import read_model
+    from worker.core.errors import OptionError
+    from worker.engine.data import read_dataset
+    from worker.engine.formats import read_model
+    from worker.engine.scan import preprocessing_of
 
     inputs = scan_inputs(store, record)
     options = ScanCreate.model_validate_json(record.options)
@@ -121,7 +121,7 @@ def execute_scan(store: Store, settings: Settings, scan_id: str, device=None) ->
 def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, progress, device) -> ScanState | None:
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from worker.engine import run_scan
+    from worker.engine.scan import run_scan
 
     options = ScanCreate.model_validate_json(record.options)
     try:

@@ -8,11 +8,11 @@
 from billiard.process import current_process
 from celery.signals import worker_init, worker_process_init
 
-from worker.celery_app import app
+from worker.core.celery_app import app
+from worker.core.settings import get_settings
+from worker.core.store import Store, open_store
+from worker.core.webhooks import WebhookError, callback_url, deliver, webhook_secret
 from worker.jobs import ScanBusy, execute_scan, validate_scan
-from worker.settings import get_settings
-from worker.store import Store, open_store
-from worker.webhooks import WebhookError, callback_url, deliver, webhook_secret
 
 _settings = get_settings()
 
@@ -34,11 +34,11 @@ def _preload(**_kwargs) -> None:
     threaded parent can deadlock (the likely cause of a cpu worker that once stopped taking tasks here when the
     parent preloaded them). Importing after the
     fork also leaves CUDA untouched until a pool process picks its GPU."""
-    import worker.data  # noqa: F401
-    import worker.engine  # noqa: F401
-    import worker.formats.keras_h5  # noqa: F401
-    import worker.formats.onnx_reader  # noqa: F401
-    import worker.repair.pipeline  # noqa: F401
+    import worker.engine.data  # noqa: F401
+    import worker.engine.formats.keras_h5  # noqa: F401
+    import worker.engine.formats.onnx_reader  # noqa: F401
+    import worker.engine.repair.pipeline  # noqa: F401
+    import worker.engine.scan  # noqa: F401
 
 
 def pool_device():

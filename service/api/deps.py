@@ -14,9 +14,9 @@ from fastapi import Depends, Header, Path
 
 from service.dispatch import Dispatcher
 from service.errors import NotFound, Unauthorized
-from worker.settings import AuthMode, Settings, get_settings
-from worker.store import ScanRecord, Store, open_store
-from worker.store.keys import hash_api_key
+from worker.core.settings import AuthMode, Settings, get_settings
+from worker.core.store import ScanRecord, Store, open_store
+from worker.core.store.keys import hash_api_key
 
 OPEN_MODE_OWNER = "local"
 

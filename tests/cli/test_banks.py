@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cli.banks import add_banks_parser
-from worker.errors import InputError
+from worker.core.errors import InputError
 
 MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "mnist"
 IDX = ["--data", str(MNIST / "t10k-images-idx3-ubyte.gz"), "--labels", str(MNIST / "t10k-labels-idx1-ubyte.gz")]

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cli.main import main
-from worker.formats.keras_h5 import read_keras_h5
+from worker.engine.formats.keras_h5 import read_keras_h5
 
 
 def test_inspect_prints_the_signature_and_layers(fixtures, capsys):
@@ -71,7 +71,7 @@ def test_missing_file_is_a_usage_error():
 
 @pytest.fixture(scope="module")
 def clean_mnist(reference_inputs, tmp_path_factory, fixtures) -> Path:
-    from worker.data import read_mnist_idx
+    from worker.engine.data import read_mnist_idx
 
     _, labels = read_mnist_idx(fixtures / "mnist/t10k-images-idx3-ubyte.gz",
                                fixtures / "mnist/t10k-labels-idx1-ubyte.gz", limit=300)

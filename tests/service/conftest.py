@@ -155,7 +155,7 @@ def deployment(redis_url, tmp_path_factory):
 def faces(fixtures, tmp_path_factory) -> dict[str, Path]:
     """The sunglasses BadNet, 40 clean faces (the 5 real clean samples with small noise, labels from their
     names) and hostile or misfit uploads, all made under a temporary folder."""
-    from worker.data import read_image_folder
+    from worker.engine.data import read_image_folder
 
     images, names = read_image_folder(fixtures / "ytf/samples")
     clean = [i for i, n in enumerate(names) if Path(n).name.startswith("cl_")]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from schemas.report import ScanReport
-from worker.data import read_mnist_idx
-from worker.demo import scan_through_service
+from worker.demo.run import scan_through_service
+from worker.engine.data import read_mnist_idx
 
 
 @pytest.fixture

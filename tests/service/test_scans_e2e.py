@@ -29,7 +29,7 @@ def test_ci_client_scans_the_badnet_and_downloads_a_goodnet_that_runs_in_onnxrun
     # first report (queued) and the last (done) are certain.
     assert "queued" in run.stderr and "[100%] done" in run.stderr
 
-    from worker.data import read_image_folder
+    from worker.engine.data import read_image_folder
 
     x, _ = read_image_folder(faces["samples"])
     goodnet = next(g for g in report.goodnets if g.recommended)
@@ -59,7 +59,7 @@ def test_artifacts_stream_with_length_and_sha256_of_the_report(deployment):
 
 def test_report_is_the_one_the_local_scan_makes(deployment, faces, tmp_path):
     from schemas.scan import ScanOptions
-    from worker.engine import ScanInputs, run_scan
+    from worker.engine.scan import ScanInputs, run_scan
 
     with deployment.client(deployment.keys["alice"]) as client:
         created = post_scan(client, faces["mnist_model"], '{"detectors": []}')

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from schemas.api import ScanState
+from worker.core.reconcile import lost_scans
+from worker.core.settings import Settings
+from worker.core.store import ScanRecord, open_store
+from worker.core.store.records import Claim
 from worker.jobs import ScanBusy, execute_scan, validate_scan
-from worker.reconcile import lost_scans
-from worker.settings import Settings
-from worker.store import ScanRecord, open_store
-from worker.store.records import Claim
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -124,7 +124,8 @@ def test_settings_refuse_open_mode_on_a_public_address(tmp_path):
 
 
 def test_celery_app_routes_queues_and_acks_late(tmp_path):
-    code = ("import json; from worker.celery_app import app; c = app.conf; print(json.dumps({'routes': c.task_routes,"
+    code = ("import json; from worker.core.celery_app import app; c = app.conf; "
+            "print(json.dumps({'routes': c.task_routes,"
             " 'acks_late': c.task_acks_late, 'lost': c.task_reject_on_worker_lost, "
             "'prefetch': c.worker_prefetch_multiplier, 'prefix': c.broker_transport_options.get('global_keyprefix')}))")
     env = {"BDSCREEN_STORAGE": str(tmp_path), "BDSCREEN_BROKER": "redis://127.0.0.1:6379/0",

@@ -12,9 +12,9 @@ from service.api.deps import CallerDep, DispatcherDep, ScanDep, SettingsDep, Sto
 from service.errors import NotReady
 from service.scans import admit, public_scan, replay
 from service.uploads import receive_upload
-from worker.errors import InputError
-from worker.settings import AuthMode
-from worker.webhooks import callback_url
+from worker.core.errors import InputError
+from worker.core.settings import AuthMode
+from worker.core.webhooks import callback_url
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 

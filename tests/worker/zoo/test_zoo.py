@@ -1,0 +1,94 @@
+"""Zoo generation: reproducible from seeds, cached by spec, filtered by the issue's rules."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worker.engine.data import Preprocessing
+from worker.zoo.attack_sampling import AttackRanges
+from worker.zoo.zoo import ModelRecord, cache_root, generate_zoo, judge
+from worker.zoo.zoo_spec import plan_candidates
+
+
+def _weights(zoo) -> list[dict[str, torch.Tensor]]:
+    return [module.state_dict() for module in zoo.modules]
+
+
+def test_same_seed_gives_identical_weights_and_records(mnist, tiny_spec, tmp_path: Path) -> None:
+    spec = tiny_spec(families=("cnn2-max", "cnn1-bn"), models_per_family=2)
+    first = generate_zoo(spec, *mnist, cache_dir=tmp_path / "a")
+    second = generate_zoo(spec, *mnist, cache_dir=tmp_path / "b")
+    assert first.key == second.key
+    assert first.records == second.records
+    for one, other in zip(_weights(first), _weights(second), strict=True):
+        assert one.keys() == other.keys()
+        assert all(torch.equal(one[name], other[name]) for name in one)
+
+
+def test_another_seed_gives_other_weights(mnist, tiny_spec, tmp_path: Path) -> None:
+    first = generate_zoo(tiny_spec(models_per_family=1, backdoored_fraction=0.0), *mnist, cache_dir=tmp_path)
+    second = generate_zoo(tiny_spec(models_per_family=1, backdoored_fraction=0.0, seed=8), *mnist,
+                          cache_dir=tmp_path)
+    assert first.key != second.key
+    assert not torch.equal(first.modules[0].state_dict()["0.weight"], second.modules[0].state_dict()["0.weight"])
+
+
+def test_a_cached_zoo_is_read_back_without_training(mnist, tiny_spec, tmp_path: Path) -> None:
+    spec = tiny_spec(models_per_family=2)
+    made = generate_zoo(spec, *mnist, cache_dir=tmp_path)
+
+    def no_training(*args: object, **kwargs: object) -> list:
+        raise AssertionError("the zoo should have come from the cache")
+
+    again = generate_zoo(spec, *mnist, cache_dir=tmp_path, trainer=no_training)
+    assert again.records == made.records
+    assert (tmp_path / "zoos" / made.key / "spec.json").is_file()
+
+
+def test_cache_root_follows_bdscreen_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("BDSCREEN_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    monkeypatch.delenv("BDSCREEN_CACHE")
+    assert cache_root() == Path.home() / ".cache" / "bdscreen"
+
+
+def _record(index: int, family: str, accuracy: float, success: float | None) -> ModelRecord:
+    return ModelRecord(index, family, "train", success is not None, Preprocessing(255.0),
+                       {"kind": "patch"} if success is not None else None, accuracy, success)
+
+
+def test_filter_keeps_working_attacks_near_the_clean_accuracy_of_their_family() -> None:
+    records = [
+        _record(0, "a", 0.95, None), _record(1, "a", 0.93, None), _record(2, "a", 0.80, None),  # clean mean 0.893
+        _record(3, "a", 0.93, 0.95),  # kept
+        _record(4, "a", 0.93, 0.89),  # attack too weak
+        _record(5, "a", 0.84, 0.99),  # 5.3 points below the clean mean
+        _record(6, "b", 0.70, None), _record(7, "b", 0.68, 0.97),  # another family, its own reference (0.70)
+    ]
+    judge(records, min_attack_success=0.9, max_accuracy_gap=0.05)
+    assert [r.kept for r in records] == [True, True, False, True, False, False, True, True]
+    assert records[4].rejected_because == "attack success 0.890 < 0.90"
+    assert "more than 5 points below the clean mean 0.893" in records[5].rejected_because
+
+
+def test_validation_and_test_triggers_never_reuse_a_training_pattern(tiny_spec) -> None:
+    # 2 x 2 binary patterns in one colour range collide often, so the rule is exercised.
+    spec = tiny_spec(models_per_family=120, backdoored_fraction=1.0,
+                     attacks=AttackRanges(patch_sizes=(2, 2), all_to_all_fraction=0.5))
+    candidates = plan_candidates(spec)
+    seen = {c.attack.fingerprint() for c in candidates if c.split == "train"}
+    held_out = [c.attack.fingerprint() for c in candidates if c.split != "train"]
+    assert held_out and not seen.intersection(held_out)
+    assert candidates == plan_candidates(spec)
+
+
+def test_plan_places_backdoored_models_in_every_split_and_kind(tiny_spec) -> None:
+    spec = tiny_spec(families=("cnn2-max", "lenet5"), models_per_family=40, trigger_kinds=("patch", "blend"))
+    candidates = plan_candidates(spec)
+    for split in ("train", "val", "test"):
+        members = [c for c in candidates if c.split == split]
+        kinds = {c.attack.kind for c in members if c.attack}
+        assert kinds == {"patch", "blend"}
+        assert np.mean([c.backdoored for c in members]) == pytest.approx(0.5, abs=0.1)

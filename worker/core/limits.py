@@ -1,0 +1,46 @@
+"""Size limits checked before anything large is allocated.
+
+A hostile file can declare a 10^12-element tensor in a few bytes, or a graph ten thousand layers
+deep. Readers compare every declared size against these limits first and raise
+:class:`~worker.core.errors.TooLargeError`, naming the limit, so a bad upload costs nothing.
+"""
+
+from math import prod
+
+from worker.core.errors import TooLargeError
+
+#: Elements of one weight tensor (a 1e9-element float32 tensor is 4 GB).
+MAX_TENSOR_ELEMENTS = 256_000_000
+#: Elements of all weights together.
+MAX_MODEL_ELEMENTS = 512_000_000
+#: Elements of one input sample (4096 x 4096 x 4).
+MAX_INPUT_ELEMENTS = 64_000_000
+#: Elements of one intermediate activation of one sample.
+MAX_ACTIVATION_ELEMENTS = 256_000_000
+#: Layers (Keras) or nodes (ONNX) in one graph; real CNN classifiers have well under a thousand.
+MAX_GRAPH_NODES = 4_096
+#: Bytes of a Keras model config (JSON).
+MAX_CONFIG_BYTES = 16_000_000
+
+
+def check_elements(what: str, shape: tuple[int, ...] | list[int], limit: int = MAX_TENSOR_ELEMENTS) -> int:
+    """Return the number of elements of ``shape``, or raise if it is negative or above ``limit``."""
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise TooLargeError(f"{what} declares a negative dimension {tuple(dims)}; the file is corrupt or hostile.")
+    count = prod(dims)
+    if count > limit:
+        raise TooLargeError(
+            f"{what} declares shape {tuple(dims)} = {count:,} elements, above bdscreen's limit of {limit:,}; "
+            "refusing before allocating it."
+        )
+    return count
+
+
+def check_node_count(what: str, count: int) -> None:
+    """Raise if a graph has more nodes than :data:`MAX_GRAPH_NODES`."""
+    if count > MAX_GRAPH_NODES:
+        raise TooLargeError(
+            f"{what} has {count:,} layers/nodes, above bdscreen's limit of {MAX_GRAPH_NODES:,}; "
+            "refusing to build it."
+        )

@@ -1,0 +1,12 @@
+"""Detectors, one module each, behind :class:`~worker.engine.detect.base.Detector`.
+
+``DETECTORS`` is the registry the scan runs, in order: detectors that find triggers come first, so that those
+which use ``context.triggers`` run after them.
+"""
+
+from worker.engine.detect.base import DetectionContext, Detector
+from worker.engine.detect.ulp import UlpDetector
+
+DETECTORS: dict[str, Detector] = {detector.name: detector for detector in (UlpDetector(),)}
+
+__all__ = ["DETECTORS", "DetectionContext", "Detector"]

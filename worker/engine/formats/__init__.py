@@ -1,0 +1,29 @@
+"""Format readers and writers at the edges; everything in between works on :class:`CanonicalModel`.
+
+Every reader has the same signature, ``(path, architecture=None) -> CanonicalModel``, decides nothing
+from the file name, and never mutates its input file. This package's own import is light (no torch):
+the gateway uses :mod:`worker.core.sniff` to refuse pickles before anything is queued.
+"""
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from worker.core.errors import OptionError
+from worker.core.sniff import FileKind, sniff_model_file
+
+if TYPE_CHECKING:
+    from worker.engine.canonical import CanonicalModel
+
+
+def read_model(path: Path, architecture: Path | None = None) -> "CanonicalModel":
+    """Read any supported model file (by content) into the canonical form, in eval mode."""
+    kind = sniff_model_file(path)
+    if kind == FileKind.hdf5:
+        from worker.engine.formats.keras_h5 import read_keras_h5
+
+        return read_keras_h5(path, architecture)
+    if architecture is not None:
+        raise OptionError(f"{path.name} is an ONNX file, which carries its own architecture; drop --architecture.")
+    from worker.engine.formats.onnx_reader import read_onnx
+
+    return read_onnx(path)

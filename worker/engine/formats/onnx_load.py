@@ -1,0 +1,160 @@
+"""Load an ONNX file and vet it before anything is converted or allocated.
+
+The protobuf is parsed without its external data. Every declaration that could cost memory,
+run foreign code or read outside the model's directory is checked first: node count, operator
+domains, subgraphs, tensor sizes and external-data locations. Tensors are then turned into numpy
+arrays one at a time by :func:`tensor_to_array`, which re-checks sizes against the bytes present.
+"""
+
+import os
+import pathlib
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from worker.core.errors import RefusedModelError, UnreadableModelError, UnsupportedLayerError
+from worker.core.limits import MAX_MODEL_ELEMENTS, check_elements, check_node_count
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+SUBGRAPH_OPS = ("If", "Loop", "Scan", "SequenceMap")
+_SUBGRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+ONE_FILE_HINT = "save the model as one file: onnx.save(model, path, save_as_external_data=False)"
+
+# Numeric element types; strings, complex and 8/4-bit floats have no use in an image classifier.
+_DTYPES = {
+    onnx.TensorProto.FLOAT: np.dtype("<f4"), onnx.TensorProto.DOUBLE: np.dtype("<f8"),
+    onnx.TensorProto.FLOAT16: np.dtype("<f2"), onnx.TensorProto.INT8: np.dtype("i1"),
+    onnx.TensorProto.UINT8: np.dtype("u1"), onnx.TensorProto.INT16: np.dtype("<i2"),
+    onnx.TensorProto.UINT16: np.dtype("<u2"), onnx.TensorProto.INT32: np.dtype("<i4"),
+    onnx.TensorProto.UINT32: np.dtype("<u4"), onnx.TensorProto.INT64: np.dtype("<i8"),
+    onnx.TensorProto.UINT64: np.dtype("<u8"), onnx.TensorProto.BOOL: np.dtype("?"),
+}
+_KNOWN_TYPES = set(onnx.TensorProto.DataType.values())
+
+
+def load_model(path: pathlib.Path) -> onnx.ModelProto:
+    """Parse ``path`` as an ONNX model without touching external data files."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as exc:
+        raise UnreadableModelError(f"{path.name} is not a valid ONNX file (protobuf parse failed: {exc}).") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UnreadableModelError(f"{path.name} cannot be read as an ONNX file: {exc}") from None
+    # Empty or random bytes can parse as a protobuf message with no graph in it.
+    if not model.HasField("graph") or not model.graph.node:
+        raise UnreadableModelError(
+            f"{path.name} is not a valid ONNX file (it contains no graph); the file may be empty or truncated."
+        )
+    return model
+
+
+def default_opset(model: onnx.ModelProto, what: str) -> int:
+    for entry in model.opset_import:
+        if entry.domain in STANDARD_DOMAINS:
+            return int(entry.version)
+    raise UnreadableModelError(f"{what} declares no opset for the standard ONNX domain; the file may be truncated.")
+
+
+def vet_model(model: onnx.ModelProto, what: str, model_dir: pathlib.Path) -> None:
+    """Refuse what could run code, read outside ``model_dir`` or allocate too much; nothing is loaded."""
+    graph = model.graph
+    check_node_count(what, len(graph.node))
+    total = 0
+    for index, node in enumerate(graph.node):
+        where = f"{what}: node '{node.name or index}' ({node.op_type})"
+        if node.domain not in STANDARD_DOMAINS:
+            raise RefusedModelError(
+                f"{where} is in the custom operator domain '{node.domain}'. Custom operators can load native "
+                "code in an ONNX runtime, so bdscreen does not run them; export the model with standard ONNX "
+                "operators only."
+            )
+        if node.op_type in SUBGRAPH_OPS or any(a.type in _SUBGRAPH_ATTRIBUTES for a in node.attribute):
+            raise UnsupportedLayerError(
+                f"{where} contains a subgraph (control flow); bdscreen supports feed-forward classifiers only. "
+                "Export the model without data-dependent control flow."
+            )
+        for attribute in node.attribute:
+            tensors = [attribute.t] if attribute.type == onnx.AttributeProto.TENSOR else list(attribute.tensors)
+            for tensor in tensors:
+                total += vet_tensor(tensor, f"{where}, attribute '{attribute.name}'", model_dir)
+    if graph.sparse_initializer:
+        raise UnsupportedLayerError(f"{what} stores sparse initializers; save the weights as dense tensors.")
+    for tensor in graph.initializer:
+        total += vet_tensor(tensor, f"{what}: initializer '{tensor.name}'", model_dir)
+    check_elements(f"{what}: all initializers and constants together", (total,), MAX_MODEL_ELEMENTS)
+
+
+def vet_tensor(tensor: onnx.TensorProto, where: str, model_dir: pathlib.Path) -> int:
+    """Check a tensor's declared size, type and data location; returns its element count."""
+    count = check_elements(where, tuple(tensor.dims))
+    if tensor.data_type not in _DTYPES:
+        name = onnx.TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in _KNOWN_TYPES else "unknown"
+        raise UnsupportedLayerError(f"{where} has element type {name}, which bdscreen does not read.")
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        _external_file(tensor, where, model_dir)
+    elif tensor.HasField("raw_data") and len(tensor.raw_data) != count * _DTYPES[tensor.data_type].itemsize:
+        raise UnreadableModelError(
+            f"{where} declares shape {list(tensor.dims)} but holds {len(tensor.raw_data):,} bytes of data; "
+            "the file is corrupt or truncated."
+        )
+    return count
+
+
+def tensor_to_array(tensor: onnx.TensorProto, where: str, model_dir: pathlib.Path) -> np.ndarray:
+    """A numpy copy of ``tensor``, read only after :func:`vet_tensor` has passed."""
+    count = vet_tensor(tensor, where, model_dir)
+    dtype = _DTYPES[tensor.data_type]
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        path, offset, length = _external_file(tensor, where, model_dir)
+        if length != count * dtype.itemsize:
+            raise UnreadableModelError(
+                f"{where} declares shape {list(tensor.dims)} but its external data holds {length:,} bytes."
+            )
+        with path.open("rb") as file:
+            file.seek(offset)
+            data = file.read(length)
+        return np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims)).copy()
+    try:
+        array = numpy_helper.to_array(tensor)
+    except (ValueError, TypeError) as exc:
+        raise UnreadableModelError(f"{where} cannot be decoded: {exc}") from None
+    if array.size != count:
+        raise UnreadableModelError(f"{where} declares {count:,} elements but holds {array.size:,}.")
+    return array
+
+
+def _external_file(tensor: onnx.TensorProto, where: str, model_dir: pathlib.Path) -> tuple[pathlib.Path, int, int]:
+    """The file, offset and length of an external tensor; refuses any location outside ``model_dir``."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    if not location:
+        raise UnreadableModelError(f"{where} is stored as external data but names no file.")
+    parts = pathlib.PurePosixPath(location.replace("\\", "/")).parts
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location or ".." in parts:
+        raise RefusedModelError(
+            f"{where} reads its data from '{location}', an absolute path or one outside the model's directory; "
+            "bdscreen refuses such paths. Keep external data next to the model or {ONE_FILE_HINT}."
+        )
+    base = model_dir.resolve()
+    path = (base / location).resolve()  # resolve() follows symlinks, so a link cannot lead outside either
+    if not path.is_relative_to(base):
+        raise RefusedModelError(
+            f"{where} reads its data from '{location}', which leads outside the model's directory."
+        )
+    if not path.is_file():
+        raise UnreadableModelError(
+            f"{where} reads its data from '{location}', which was not uploaded with the model; {ONE_FILE_HINT}."
+        )
+    try:
+        offset = int(info.get("offset", "0"))
+        size = path.stat().st_size
+        length = int(info["length"]) if "length" in info else size - offset
+    except ValueError:
+        raise UnreadableModelError(f"{where} has a malformed external-data offset or length.") from None
+    if offset < 0 or length < 0 or offset + length > size:
+        raise UnreadableModelError(
+            f"{where} reads bytes {offset:,} to {offset + length:,} of '{location}', which has only {size:,} bytes."
+        )
+    return path, offset, length

@@ -1,0 +1,70 @@
+"""The GoodNet: G(x) = f(x) where the original f and the repaired f' agree, else class N ("poisoned").
+
+:class:`GoodNet` is a torch module over two canonical models; its ONNX export holds both networks in
+one file and returns ``scores`` (N x (classes + 1), whose argmax is G(x)) and ``label`` (G(x)).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from worker.engine.canonical import CanonicalModel
+from worker.engine.formats.onnx_export import export_module
+
+
+class GoodNet(nn.Module):
+    def __init__(self, original: CanonicalModel, repaired: CanonicalModel) -> None:
+        super().__init__()
+        self.original, self.repaired = original, repaired
+        self.num_classes = original.signature.num_classes
+        self.repaired_gives_probabilities = repaired.signature.output_activation == "softmax"
+        self.eval()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        original, repaired = self.original(x), self.repaired(x)
+        predicted = repaired.argmax(1)
+        agree = original.argmax(1) == predicted
+        probabilities = repaired if self.repaired_gives_probabilities else torch.softmax(repaired, dim=1)
+        # Where they agree: the repaired model's probabilities and 0 for class N; where they disagree:
+        # probability 1 for class N. The argmax of the scores is the label.
+        weight = agree.to(probabilities.dtype).unsqueeze(1)
+        scores = torch.cat([probabilities * weight, 1 - weight], dim=1)
+        label = torch.where(agree, predicted, torch.full_like(predicted, self.num_classes))
+        return scores, label
+
+
+@dataclass(frozen=True)
+class GoodNetMetrics:
+    clean_accuracy: float
+    false_alarm_rate: float
+    attack_success_rate: float | None
+    detection_rate: float | None
+
+
+@torch.no_grad()
+def goodnet_labels(goodnet: GoodNet, x: Tensor, batch_size: int = 1024) -> np.ndarray:
+    device = next(goodnet.parameters()).device
+    out = [goodnet(x[s:s + batch_size].to(device))[1].cpu() for s in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def evaluate_goodnet(goodnet: GoodNet, clean_x: Tensor, clean_y: Tensor, poisoned_x: Tensor | None = None,
+                     poisoned_y: Tensor | None = None, batch_size: int = 1024) -> GoodNetMetrics:
+    n = goodnet.num_classes
+    clean = goodnet_labels(goodnet, clean_x, batch_size)
+    asr = detection = None
+    if poisoned_x is not None and len(poisoned_x):
+        poisoned = goodnet_labels(goodnet, poisoned_x, batch_size)
+        asr = float((poisoned == poisoned_y.numpy()).mean())
+        detection = float((poisoned == n).mean())
+    return GoodNetMetrics(clean_accuracy=float((clean == clean_y.numpy()).mean()),
+                          false_alarm_rate=float((clean == n).mean()), attack_success_rate=asr,
+                          detection_rate=detection)
+
+
+def export_goodnet_onnx(goodnet: GoodNet, path: Path, opset: int = 17) -> None:
+    """One ONNX file with both networks; input ``input``, outputs ``scores`` and ``label``, dynamic batch."""
+    export_module(goodnet, tuple(goodnet.original.signature.input_shape), path, ["scores", "label"], opset)

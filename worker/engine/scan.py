@@ -1,0 +1,145 @@
+"""The screening engine: one scan, from files to a report and artifacts, in-process.
+
+The Celery task, the local CLI scan and the tests all call :func:`run_scan`. It orchestrates the
+algorithm modules and nothing else: detectors judge the model, the repair pipeline
+(:mod:`worker.engine.repair.pipeline`) prunes, fine-tunes and builds GoodNets, and every file it makes is
+listed in the report with its size and sha256. A detector that crashes is recorded in
+``report.errors`` (the scan exits 2) and the scan goes on; bad input raises :class:`~worker.core.errors.InputError`.
+"""
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from schemas.report import Artifact, Finding, ScanReport, StageError, verdict_of
+from schemas.scan import DetectorName, ScanOptions
+from worker.core.errors import InputError, OptionError
+from worker.engine.canonical import default_device
+from worker.engine.data import Preprocessing, read_dataset
+from worker.engine.detect import DETECTORS, DetectionContext
+from worker.engine.formats import read_model
+
+#: Called with (stage, fraction of the whole scan done).
+ProgressFn = Callable[[str, float], None]
+
+MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".onnx": "application/onnx",
+               ".h5": "application/x-hdf5"}
+
+
+@dataclass(frozen=True)
+class ScanInputs:
+    """The files of one scan; data files hold raw values (see :mod:`worker.engine.data`)."""
+
+    model: Path
+    architecture: Path | None = None
+    clean_data: Path | None = None
+    eval_data: Path | None = None
+    poisoned_data: Path | None = None
+
+
+def bdscreen_version() -> str:
+    try:
+        return version("bdscreen")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Stages:
+    """Times the stages of a scan and reports progress."""
+
+    def __init__(self, progress: ProgressFn | None) -> None:
+        self.progress = progress or (lambda stage, fraction: None)
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, start: float) -> Iterator[None]:
+        self.progress(name, start)
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - began, 4)
+
+
+def preprocessing_of(options: ScanOptions) -> Preprocessing:
+    p = options.preprocessing
+    return Preprocessing(divide_by=p.divide_by, mean=tuple(p.mean), std=tuple(p.std), bgr=p.bgr)
+
+
+def run_scan(inputs: ScanInputs, options: ScanOptions, out_dir: Path, progress: ProgressFn | None = None,
+             device: torch.device | None = None) -> ScanReport:
+    """Screen, repair and wrap one model; writes artifacts and ``report.json`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = device or default_device()
+    stages = Stages(progress)
+    with stages.stage("load", 0.0):
+        model = read_model(inputs.model, inputs.architecture).to(device)
+    preprocessing = preprocessing_of(options)
+    clean = None
+    if inputs.clean_data is not None:
+        clean = read_dataset(inputs.clean_data, model.signature)
+    context = DetectionContext(model=model, preprocessing=preprocessing, clean=clean, device=device,
+                               out_dir=out_dir, seed=options.repair.seed)
+    with stages.stage("detect", 0.05):
+        findings, errors = run_detectors(options.detectors, context)
+    verdict, score = verdict_of(findings)
+    report = ScanReport(bdscreen_version=bdscreen_version(), model=model.signature, verdict=verdict, score=score,
+                        findings=findings, errors=errors, device=str(device))
+    if inputs.clean_data is not None and options.repair.enabled:
+        from worker.engine.repair.pipeline import run_repair
+
+        report.repair, report.goodnets = run_repair(model, inputs, options, preprocessing, out_dir, stages)
+    elif inputs.poisoned_data is not None or inputs.eval_data is not None:
+        raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data "
+                          "(--clean-data), and poisoned data only serves to report attack success after repair.")
+    report.timings = stages.timings
+    report.artifacts = list_artifacts(out_dir)
+    (out_dir / "report.json").write_text(report.model_dump_json(indent=2))
+    stages.progress("done", 1.0)
+    return report
+
+
+def run_detectors(names: list[DetectorName], context: DetectionContext) -> tuple[list[Finding], list[StageError]]:
+    """Every requested detector, in the registry's order: a finding each, and the crashes apart from them."""
+    findings: list[Finding] = []
+    errors: list[StageError] = []
+    for name, detector in DETECTORS.items():
+        if name not in names:
+            continue
+        if detector.needs_clean_data and context.clean is None:
+            findings.append(Finding(detector=name, applicable=False,
+                                    reason="this detector needs clean data, and the scan has none."))
+            continue
+        try:
+            why_not = detector.applicable(context)
+            findings.append(detector.detect(context) if why_not is None
+                            else Finding(detector=name, applicable=False, reason=why_not))
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a detector's crash is recorded as an error, the scan goes on
+            errors.append(StageError(stage=f"detect:{name}", message=f"{type(exc).__name__}: {exc}"))
+    return findings, errors
+
+
+def list_artifacts(out_dir: Path) -> list[Artifact]:
+    """Every file the scan wrote except the report itself, with size and sha256."""
+    artifacts = []
+    for path in sorted(out_dir.iterdir()):
+        if path.is_file() and path.name != "report.json":
+            artifacts.append(Artifact(name=path.name, bytes=path.stat().st_size, sha256=sha256_file(path),
+                                      media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream")))
+    return artifacts
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
