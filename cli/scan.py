@@ -46,8 +46,8 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     repair = scan.add_argument_group("repair")
     repair.add_argument("--layer", help="conv layer to prune (default: the last conv layer on every path "
                                         "to the output)")
-    repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], default="mean")
-    repair.add_argument("--thresholds", type=_floats, default=[2.0, 4.0, 10.0],
+    repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], default=REPAIR_FLAGS["criterion"][1])
+    repair.add_argument("--thresholds", type=_floats, default=REPAIR_FLAGS["thresholds"][1],
                         help="clean-accuracy drops in percentage points (default 2,4,10)")
     repair.add_argument("--fine-tune", action="store_true", help="fine-tune after pruning (fine-pruning)")
     repair.add_argument("--fine-tune-epochs", type=int, default=20)
@@ -97,7 +97,29 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
+#: Repair flags and their defaults: given without --clean-data they ask for work that cannot run.
+REPAIR_FLAGS = {"layer": ("--layer", None), "criterion": ("--criterion", "mean"),
+                "thresholds": ("--thresholds", [2.0, 4.0, 10.0]), "fine_tune": ("--fine-tune", False),
+                "fine_tune_epochs": ("--fine-tune-epochs", 20), "fine_tune_lr": ("--fine-tune-lr", 1e-2),
+                "holdout": ("--holdout", 0.3), "no_goodnet": ("--no-goodnet", False), "seed": ("--seed", 0)}
+
+
+def check_requested_work(args: argparse.Namespace) -> None:
+    """Refuse repair flags, --eval-data and --poisoned-data without --clean-data (exit 2), rather than drop them."""
+    from worker.core.errors import OptionError
+
+    if args.clean_data is not None:
+        return
+    given = [flag for dest, (flag, default) in REPAIR_FLAGS.items() if getattr(args, dest) != default]
+    given += [flag for flag, value in (("--eval-data", args.eval_data), ("--poisoned-data", args.poisoned_data))
+              if value is not None]
+    if given:
+        raise OptionError(f"{', '.join(given)} given without --clean-data: repair needs clean labelled samples. "
+                          "Add --clean-data FILE, or leave these out for detection only.")
+
+
 def run_scan_command(args: argparse.Namespace) -> int:
+    check_requested_work(args)
     options = options_from_args(args)
     if args.server:
         from cli.client import run_remote_scan

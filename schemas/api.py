@@ -79,6 +79,8 @@ class ScanPublic(BaseModel):
     verdict: Verdict | None = None
     score: float | None = None
     error: ScanError | None = None
+    options: ScanCreate | None = Field(default=None, description="The options as the scan runs with them: what "
+                                       "was sent, with defaults filled in (repair and goodnet off without clean_data).")
     report: ScanReport | None = None
 
 

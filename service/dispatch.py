@@ -11,7 +11,7 @@ from anyio import to_thread
 from kombu.exceptions import OperationalError
 
 from worker.core.reconcile import reconcile
-from worker.core.settings import Settings
+from worker.core.settings import QUEUE_KINDS, Settings
 from worker.core.store import Store
 
 log = logging.getLogger("bdscreen.gateway")
@@ -52,6 +52,11 @@ class Dispatcher:
         except (OperationalError, OSError) as exc:
             return False, f"{type(exc).__name__}: {exc}"
         return True, "ok"
+
+    def missing_workers(self) -> list[str]:
+        """The queue kinds (gpu, cpu) with no worker whose heartbeat is younger than the lease."""
+        live = self.store.records.live_workers(self.settings.lease_seconds)
+        return [kind for kind in QUEUE_KINDS if not live.get(kind)]
 
     async def wait_for_validation(self, scan_id: str) -> dict | None:
         """The upload check's outcome from the record, or None when it did not come within the timeout."""

@@ -11,7 +11,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from schemas.api import ScanCreate, ScanState
+from schemas.api import ScanState
 from worker.core.errors import InputError
 from worker.core.settings import Settings
 from worker.core.store import Store
@@ -45,7 +45,7 @@ def check_inputs(store: Store, record: ScanRecord) -> None:
     from worker.engine.scan import preprocessing_of
 
     inputs = scan_inputs(store, record)
-    options = ScanCreate.model_validate_json(record.options)
+    options = record.options
     model = read_model(inputs.model, inputs.architecture)
     for name in ("clean_data", "eval_data", "poisoned_data"):
         path = getattr(inputs, name)
@@ -123,7 +123,7 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
 
     from worker.engine.scan import run_scan
 
-    options = ScanCreate.model_validate_json(record.options)
+    options = record.options
     try:
         report = run_scan(scan_inputs(store, record), options, work, progress, device=device)
     except ScanCanceled:
@@ -138,7 +138,7 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
                      "This is a bug in bdscreen; please report it with the model's 'bdscreen inspect' output.")
     with store.blobs.lock():
         digests = [store.blobs.put_file(work / artifact.name)[0] for artifact in report.artifacts]
-        ended = store.records.finish(record.id, attempt, ScanState.succeeded, report=report.model_dump_json(),
+        ended = store.records.finish(record.id, attempt, ScanState.succeeded, report=report,
                                      artifacts=digests, timings=report.timings)
     if not ended:  # canceled between the last progress report and now
         store.release(digests)

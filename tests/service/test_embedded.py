@@ -1,10 +1,13 @@
 """``bdscreen serve``: gateway and workers on one machine, the embedded filesystem broker, no Redis."""
 
+import os
+import signal
 import subprocess
 import sys
 
+import httpx
 import pytest
-from conftest import ROOT, Deployment
+from conftest import ROOT, Deployment, post_scan, wait_scan
 
 from schemas.report import ScanReport
 
@@ -36,3 +39,60 @@ def test_serve_refuses_open_mode_on_a_public_address(tmp_path):
     run = subprocess.run([sys.executable, "-m", "cli.main", "serve", "--host", "0.0.0.0", "--auth", "open",
                           "--storage", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode != 0 and "BDSCREEN_AUTH=keys" in run.stderr
+
+
+def _worker_pids(serve_pid: int) -> list[int]:
+    """The worker main processes ``bdscreen serve`` started (its children), and their pool processes."""
+    def children(pid: int) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    mains = children(serve_pid)
+    return mains + [pool for main in mains for pool in children(main)]
+
+
+def _ready(deployment) -> int:
+    return httpx.get(f"{deployment.url}/readyz", timeout=5).status_code
+
+
+def test_serve_restarts_killed_workers_and_the_next_scan_runs(embedded, faces):
+    before = embedded.log("serve").count("worker restarted")
+    for pid in _worker_pids(embedded.processes["serve"].pid):  # every worker process, pools too: a crash
+        os.kill(pid, signal.SIGKILL)
+    embedded.wait_for(lambda: embedded.log("serve").count("worker restarted") >= before + 2, "the restarts", "serve")
+    assert "exited with code -9; restarting it in" in embedded.log("serve")
+    embedded.wait_ready()
+    with embedded.client() as client:
+        created = post_scan(client, faces["model"], clean_data=faces["clean"])
+        assert created.status_code == 202, created.text
+        assert wait_scan(client, created.json()["id"], timeout=300)["state"] == "succeeded"
+
+
+def test_readyz_and_post_answer_503_while_a_queue_has_no_live_worker(tmp_path, faces):
+    gateway = Deployment(tmp_path, broker=None, auth="open")
+    gateway.start("serve", "serve", "--no-worker")
+    try:
+        gateway.wait_for(lambda: _answers(gateway), "the gateway", "serve")
+        ready = httpx.get(f"{gateway.url}/readyz", timeout=5)
+        assert ready.status_code == 503 and "gpu and cpu queue" in ready.json()["detail"]
+        gateway.start_worker("cpu")
+        gateway.start_worker("gpu")
+        gateway.wait_ready()
+        gateway.kill("worker-gpu")  # SIGKILL: no clean shutdown removes its heartbeat row; it goes stale
+        gateway.wait_for(lambda: _ready(gateway) == 503, "readyz to notice the dead gpu worker", "serve", timeout=30)
+        assert "the gpu queue" in httpx.get(f"{gateway.url}/readyz", timeout=5).json()["detail"]
+        with gateway.client() as client:
+            refused = post_scan(client, faces["model"], clean_data=faces["clean"])
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["category"] == "not-ready" and refused.headers["retry-after"] == "30"
+            assert client.get("/v1/scans").json()["count"] == 0  # nothing accepted that nothing would run
+    finally:
+        gateway.stop()
+
+
+def _answers(deployment) -> bool:
+    try:
+        return httpx.get(f"{deployment.url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -15,6 +15,10 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 ENV_PREFIX = "BDSCREEN_"
+#: The queue kinds: ``gpu`` runs scans; ``cpu`` runs upload checks and webhooks. A deployment needs a live
+#: worker on each (see worker.core.presence).
+QUEUE_KINDS = ("gpu", "cpu")
+BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://", "filesystem://")
 
 
 class AuthMode(StrEnum):
@@ -30,6 +34,8 @@ class Settings(BaseModel):
                                       "a shared volume when the gateway and the workers run on different machines.")
     broker: str | None = Field(default=None, description="Celery broker URL (redis://...); unset: the embedded "
                                                          "filesystem broker under the storage path.")
+    database_url: str | None = Field(default=None, description="postgresql://USER@HOST:PORT/DB for the scan records; "
+                                                               "unset: SQLite in <storage>/scans.db.")
     queue_prefix: str = Field(default="bdscreen", pattern=r"^[A-Za-z0-9._-]{1,64}$",
                               description="Queues are <prefix>.gpu and <prefix>.cpu; Redis keys start with it.")
     host: str = "127.0.0.1"
@@ -59,9 +65,15 @@ class Settings(BaseModel):
                              "set BDSCREEN_AUTH=keys and create keys with 'bdscreen keys create NAME', or bind to "
                              "127.0.0.1.")
         self.callback_allow_list()  # refuses a malformed entry at start-up
-        if self.broker is not None and not self.broker.startswith(("redis://", "rediss://", "filesystem://")):
-            raise ValueError(f"broker {self.broker!r} is not supported: use redis://HOST:PORT/DB, or leave "
-                             "BDSCREEN_BROKER unset for the embedded broker.")
+        if self.broker is not None and not self.broker.startswith(BROKER_SCHEMES):
+            raise ValueError(f"broker {self.broker!r} is not supported: use redis://HOST:PORT/DB or "
+                             "amqp://USER:PASSWORD@HOST:PORT/VHOST (RabbitMQ), or leave BDSCREEN_BROKER unset for "
+                             "the embedded broker.")
+        postgres = ("postgresql://", "postgres://", "postgresql+psycopg://")
+        if self.database_url is not None and not self.database_url.startswith(postgres):
+            raise ValueError(f"database_url {self.database_url!r} is not supported: use "
+                             "postgresql://USER@HOST:PORT/DB, or leave BDSCREEN_DATABASE_URL unset for SQLite "
+                             "under the storage path.")
         return self
 
     @property
