@@ -34,7 +34,8 @@ def scan_inputs(store: Store, record: ScanRecord):
 
     paths = {name: store.input_path(record, name) for name in ("architecture", "clean_data", "eval_data",
                                                                "poisoned_data")}
-    return ScanInputs(model=store.input_path(record, "model"), **paths)
+    model_name = (record.upload("model") or {}).get("filename")
+    return ScanInputs(model=store.input_path(record, "model"), model_name=model_name, **paths)
 
 
 def check_inputs(store: Store, record: ScanRecord) -> None:

@@ -1,5 +1,6 @@
 """``bdscreen serve``: gateway and workers on one machine, the embedded filesystem broker, no Redis."""
 
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,20 @@ def test_serve_scans_the_badnet_with_the_embedded_broker(embedded, faces, tmp_pa
     assert {a.name for a in report.artifacts} <= {p.name for p in out.iterdir()}
     assert not list((embedded.storage / "broker/queue").iterdir())  # every message taken
     assert "filesystem" in embedded.log("serve")
+
+
+def test_the_demos_curl_line_runs_as_printed(embedded, faces):
+    from worker.demo.run import curl_line
+
+    line = curl_line(embedded.url, [str(faces["model"]), "--clean-data", str(faces["clean"]), "--divide-by", "255",
+                                    "--detectors", "none", "--thresholds", "2"])
+    answer = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=120)
+    scan = json.loads(answer.stdout)
+    assert answer.returncode == 0 and scan["state"] == "queued", answer.stdout + answer.stderr
+    assert scan["options"]["preprocessing"]["divide_by"] == 255 and scan["options"]["repair"]["thresholds"] == [2]
+    assert [u["filename"] for u in scan["uploads"]] == [faces["model"].name, faces["clean"].name]
+    with embedded.client() as client:
+        assert wait_scan(client, scan["id"], timeout=300)["state"] == "succeeded"
 
 
 def test_serve_refuses_open_mode_on_a_public_address(tmp_path):

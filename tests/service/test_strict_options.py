@@ -33,7 +33,8 @@ def test_engine_messages_are_put_in_api_words():
     sha = "ab" * 32
     uploads = [{"field": "clean_data", "filename": "faces.npz", "sha256": sha}]
     message = f"/srv/bdscreen/blobs/ab/{sha} has 5 samples; give more --clean-data or a separate --eval-data."
-    assert api_message(message, uploads) == "'faces.npz' has 5 samples; give more 'clean_data' or a separate 'eval_data'."
+    expected = "'faces.npz' has 5 samples; give more 'clean_data' or a separate 'eval_data'."
+    assert api_message(message, uploads) == expected
 
 
 def test_post_refuses_a_typo_and_a_repair_without_clean_data(deployment, faces):

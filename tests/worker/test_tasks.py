@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import update
 
 from schemas.api import ScanCreate, ScanState
-from worker.jobs import ScanBusy, execute_scan, validate_scan
 from worker.core.reconcile import lost_scans
 from worker.core.settings import Settings
 from worker.core.store import ScanRecord, open_store
 from worker.core.store.records import Claim
 from worker.core.store.schema import scans
+from worker.jobs import ScanBusy, execute_scan, validate_scan
 
 ROOT = Path(__file__).resolve().parents[2]
 
