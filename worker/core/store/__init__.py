@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from worker.core.embedded_broker import make_folders
 from worker.core.store.blobs import BlobStore, remove_older
 from worker.core.store.database import Database
 from worker.core.store.database import database_url as database_url_of
@@ -86,6 +85,8 @@ def artifact_digests(record: ScanRecord) -> list[str]:
 @lru_cache
 def open_store(root: Path, database_url: str | None = None) -> Store:
     """The store under ``root``; its records in ``root/scans.db``, or in the PostgreSQL at ``database_url``."""
+    from worker.core.embedded_broker import make_folders  # here: importing kombu is not needed to read records
+
     (root / "work").mkdir(parents=True, exist_ok=True)
     make_folders(root / "broker")
     return Store(root=root, blobs=BlobStore(root), records=Records(Database(database_url_of(root, database_url))))
