@@ -46,12 +46,13 @@ def admit(store: Store, upload: ReceivedUpload, owner: str, idempotency_key: str
     try:
         if "model" not in upload.files:
             raise BadRequest("the 'model' file is missing: send it as a multipart file field named 'model'.")
-        options = effective_options(parse_options(upload.options), set(upload.files))
-        if options.callback_url is not None:
-            check_callback_url(str(options.callback_url), settings)
+        requested = parse_options(upload.options)
         model = upload.files["model"]
         model.file.flush()
-        sniff_model_file(model.path)
+        sniff_model_file(model.path)  # first: a refused model is the answer, whatever the options ask
+        options = effective_options(requested, set(upload.files))
+        if options.callback_url is not None:
+            check_callback_url(str(options.callback_url), settings)
     except BaseException:
         upload.discard()
         raise

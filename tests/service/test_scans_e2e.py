@@ -109,7 +109,7 @@ def test_the_same_idempotency_key_with_other_options_is_refused(deployment, face
                             data={"options": '{"detectors": []}'})
         count = client.get("/v1/scans").json()["count"]
         other = client.post("/v1/scans", headers=headers, files={"model": faces["mnist_model"].read_bytes()},
-                            data={"options": '{"detectors": [], "goodnet": false}'})
+                            data={"options": '{"detectors": [], "preprocessing": {"divide_by": 255}}'})
         after = client.get("/v1/scans").json()["count"]
     assert first.status_code == 202
     assert other.status_code == 422 and other.headers["content-type"] == "application/problem+json"

@@ -75,7 +75,7 @@ async def create_scan(request: Request, response: Response, caller: CallerDep, s
     except OperationalError as exc:
         await to_thread.run_sync(store.delete_scan, record.id, True)
         raise NotReady(f"the task queue is unreachable ({exc}); retry in a minute.") from None
-    return _accepted(response, store.records.get(record.id) or record, replayed=False)
+    return _accepted(response, record, replayed=False)  # as accepted: queued (a worker may have it already)
 
 
 def _accepted(response: Response, record, replayed: bool) -> ScanPublic:
