@@ -8,6 +8,7 @@ after a dropped connection returns the scan the first attempt created instead of
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import time
@@ -96,7 +97,10 @@ def upload(client: httpx.Client, args: argparse.Namespace, options: ScanOptions)
         opened = {name: ProgressFile(path, progress) for name, path in files.items()}
         try:
             # Only what the user set: the server tells a requested repair from a default one.
-            body = {"options": create.model_dump_json(exclude_defaults=True)}
+            sent = create.model_dump(mode="json", exclude_defaults=True)
+            if getattr(args, "detectors", None) is not None:  # named: the server refuses those that cannot run
+                sent["detectors"] = [d.value for d in create.detectors]
+            body = {"options": json.dumps(sent)}
             response = client.post("/v1/scans", headers=headers, data=body,
                                    files={name: (files[name].name, f) for name, f in opened.items()})
         except httpx.TransportError as exc:

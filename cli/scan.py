@@ -55,7 +55,8 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     repair.add_argument("--holdout", type=float, default=0.3, help="held-out fraction of --clean-data")
     repair.add_argument("--no-goodnet", action="store_true", help="do not build GoodNets")
     repair.add_argument("--seed", type=int, default=0)
-    scan.add_argument("--detectors", default="ulp", help="comma-separated detectors, or 'none' (default: ulp)")
+    scan.add_argument("--detectors", help="comma-separated detectors, or 'none' (default: ulp; named ones that "
+                                           "cannot judge the model are refused)")
     where = scan.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="run the engine in this process (the default)")
     where.add_argument("--server", metavar="URL", help="scan on a bdscreen server (http://HOST:PORT) instead")
@@ -75,7 +76,8 @@ def options_from_args(args: argparse.Namespace) -> ScanOptions:
 
     from worker.core.errors import OptionError
 
-    detectors = [] if args.detectors.strip() in ("", "none") else [d.strip() for d in args.detectors.split(",")]
+    given = "ulp" if args.detectors is None else args.detectors
+    detectors = [] if given.strip() in ("", "none") else [d.strip() for d in given.split(",")]
     try:
         return ScanOptions(
             preprocessing=PreprocessingOptions(divide_by=args.divide_by, mean=args.mean, std=args.std, bgr=args.bgr),
@@ -136,9 +138,9 @@ def run_scan_command(args: argparse.Namespace) -> int:
     progress = None if args.json else _print_progress
     if args.out is None:
         with tempfile.TemporaryDirectory(prefix="bdscreen-") as tmp:
-            report = run_scan(inputs, options, Path(tmp), progress)
+            report = run_scan(inputs, options, Path(tmp), progress, strict_detectors=args.detectors is not None)
     else:
-        report = run_scan(inputs, options, args.out, progress)
+        report = run_scan(inputs, options, args.out, progress, strict_detectors=args.detectors is not None)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:

@@ -88,6 +88,13 @@ def effective_options(options: ScanCreate, files: set[str]) -> ScanCreate:
 def api_message(message: str, uploads: list[dict]) -> str:
     """An engine message in API terms: CLI flags as API fields, stored blob paths as the user's file names."""
     names = {u["sha256"]: repr(u.get("filename") or u["field"]) for u in uploads}
+    sent = {u["field"]: u.get("filename") for u in uploads}
     message = _BLOB.sub(lambda m: names.get(m.group(1) or m.group(2), m.group(0)), message)
-    return _FLAG.sub(lambda m: FLAG_FIELDS[m.group(0)], message)
+
+    def field(match: re.Match) -> str:
+        words = FLAG_FIELDS[match.group(0)]
+        filename = sent.get(words.strip("'"))
+        return f"{words} ({filename})" if filename else words
+
+    return _FLAG.sub(field, message)
 

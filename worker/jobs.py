@@ -17,9 +17,6 @@ from worker.core.settings import Settings
 from worker.core.store import Store
 from worker.core.store.records import Claim, ScanRecord
 
-#: Rows read from each data file by the upload check; enough to prove it fits the model.
-CHECK_SAMPLES = 8
-
 
 class ScanCanceled(Exception):
     """The scan was deleted (or taken over) while this attempt ran it."""
@@ -38,26 +35,16 @@ def scan_inputs(store: Store, record: ScanRecord):
     return ScanInputs(model=store.input_path(record, "model"), model_name=model_name, **paths)
 
 
-def check_inputs(store: Store, record: ScanRecord) -> None:
-    """Read the model and a few rows of each data file against its signature; raises InputError."""
-    from worker.core.errors import OptionError
-    from worker.engine.data import read_dataset
+def check_inputs(store: Store, record: ScanRecord) -> dict[str, str]:
+    """Read the model and run the preflight checks (:mod:`worker.engine.preflight`); raises InputError.
+
+    Returns the requested detectors that cannot judge the model, with the reason."""
     from worker.engine.formats import read_model
-    from worker.engine.scan import preprocessing_of
+    from worker.engine.preflight import preflight
 
     inputs = scan_inputs(store, record)
-    options = record.options
     model = read_model(inputs.model, inputs.architecture)
-    for name in ("clean_data", "eval_data", "poisoned_data"):
-        path = getattr(inputs, name)
-        if path is not None:
-            read_dataset(path, model.signature, max_samples=CHECK_SAMPLES)
-    preprocessing_of(options)
-    layer = options.repair.layer
-    if layer is not None and layer not in {info.name for info in model.signature.layers}:
-        raise OptionError(f"The model has no layer named {layer!r}; 'bdscreen inspect MODEL' lists its layers.")
-    if (inputs.eval_data or inputs.poisoned_data) and inputs.clean_data is None:
-        raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data.")
+    return preflight(model, inputs, record.options).not_applicable
 
 
 def validate_scan(store: Store, scan_id: str) -> None:
@@ -66,11 +53,11 @@ def validate_scan(store: Store, scan_id: str) -> None:
     if record is None or record.validation is not None:
         return
     try:
-        check_inputs(store, record)
+        not_applicable = check_inputs(store, record)
     except InputError as exc:
         store.records.set_validation(scan_id, {"category": exc.category.value, "message": exc.message})
         return
-    store.records.set_validation(scan_id, {"ok": True})
+    store.records.set_validation(scan_id, {"ok": True, "not_applicable": not_applicable})
 
 
 class Heartbeat:

@@ -33,7 +33,7 @@ def test_engine_messages_are_put_in_api_words():
     sha = "ab" * 32
     uploads = [{"field": "clean_data", "filename": "faces.npz", "sha256": sha}]
     message = f"/srv/bdscreen/blobs/ab/{sha} has 5 samples; give more --clean-data or a separate --eval-data."
-    expected = "'faces.npz' has 5 samples; give more 'clean_data' or a separate 'eval_data'."
+    expected = "'faces.npz' has 5 samples; give more 'clean_data' (faces.npz) or a separate 'eval_data'."
     assert api_message(message, uploads) == expected
 
 
@@ -56,3 +56,21 @@ def test_the_scan_echoes_the_options_it_runs_with(deployment, faces):
         assert echoed["repair"]["enabled"] is False and echoed["goodnet"] is False  # no clean data: not run
         scan = wait_scan(client, created.json()["id"])
         assert scan["state"] == "succeeded" and scan["options"] == echoed
+
+
+def test_checks_that_need_the_model_run_at_post_and_speak_api(deployment, faces, tmp_path):
+    import numpy as np
+
+    few = tmp_path / "five_faces.npz"
+    with np.load(faces["clean"]) as data:
+        np.savez(few, x=data["x"][:5], y=data["y"][:5])
+    with deployment.client(deployment.keys["alice"]) as client:
+        too_few = post_scan(client, faces["model"], '{"preprocessing": {"divide_by": 255}, "detectors": []}',
+                            clean_data=few)
+        assert too_few.status_code == 422 and too_few.json()["category"] == "bad-data", too_few.text
+        assert "'clean_data' (five_faces.npz) has 5 samples" in too_few.json()["detail"]
+        mean = post_scan(client, faces["model"], '{"preprocessing": {"mean": [0, 0]}, "detectors": []}')
+        assert mean.status_code == 422 and "options.preprocessing.mean" in mean.json()["detail"], mean.text
+        named = post_scan(client, faces["model"], '{"detectors": ["ulp"]}')
+        assert named.status_code == 422 and "options.detectors names detectors" in named.json()["detail"]
+        assert "--" not in too_few.json()["detail"] + mean.json()["detail"] + named.json()["detail"]

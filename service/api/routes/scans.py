@@ -11,10 +11,10 @@ from schemas.problems import ErrorCategory
 from service.api.deps import CallerDep, DispatcherDep, ScanDep, SettingsDep, StoreDep
 from service.api.routes.health import no_worker_message
 from service.errors import NotReady
-from service.options import api_message
+from service.options import api_message, parse_options
 from service.scans import admit, public_scan, replay
 from service.uploads import receive_upload
-from worker.core.errors import InputError
+from worker.core.errors import InputError, refuse_inapplicable
 from worker.core.settings import AuthMode
 from worker.core.webhooks import callback_url
 
@@ -66,11 +66,14 @@ async def create_scan(request: Request, response: Response, caller: CallerDep, s
             raise NotReady(f"the upload check did not finish within BDSCREEN_VALIDATE_TIMEOUT "
                            f"({settings.validate_timeout:g} s): the cpu workers are busy or gone. Retry in a minute.",
                            headers={"Retry-After": "30"})
-        if outcome is not None and not outcome.get("ok"):
+        if not outcome.get("ok"):
             await to_thread.run_sync(store.delete_scan, record.id, True)
             refusal = InputError(api_message(outcome["message"], record.uploads))
             refusal.category = ErrorCategory(outcome["category"])
             raise refusal
+        if outcome.get("not_applicable") and "detectors" in parse_options(upload.options).model_fields_set:
+            await to_thread.run_sync(store.delete_scan, record.id, True)  # named detectors that cannot run
+            refuse_inapplicable(outcome["not_applicable"], field="options.detectors")
         await to_thread.run_sync(dispatcher.send_scan, record.id)
     except OperationalError as exc:
         await to_thread.run_sync(store.delete_scan, record.id, True)
