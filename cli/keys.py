@@ -21,13 +21,11 @@ def run_keys(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import IntegrityError
 
     from cli.serve import apply_settings
-    from worker.core.settings import get_settings
     from worker.core.store import store_for
     from worker.core.store.keys import hash_api_key, new_api_key
     from worker.core.webhooks import webhook_secret
 
-    apply_settings(args)
-    settings = get_settings()
+    settings = apply_settings(args)
     records = store_for(settings).records
     if args.action == "create":
         key = new_api_key()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 from cli.supervise import SupervisedWorker, Supervisor
-from worker.core.settings import get_settings, settings_from_env
+from worker.core.settings import Settings, get_settings, load_settings, use_settings
 
 QUEUES = ("gpu", "cpu")
 
@@ -42,17 +42,23 @@ def add_service_parsers(commands: argparse._SubParsersAction) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="storage path shared by gateway and workers (BDSCREEN_STORAGE)")
-    parser.add_argument("--broker", help="redis://HOST:PORT/DB; default: the embedded broker (BDSCREEN_BROKER)")
+    parser.add_argument("--broker", help="redis://HOST:PORT/DB or amqp://USER:PASS@HOST:PORT/VHOST; default: the "
+                                         "embedded broker (BDSCREEN_BROKER)")
 
 
-def apply_settings(args: argparse.Namespace) -> None:
-    """Command-line values override ``BDSCREEN_*`` variables; children inherit them. Exits on bad settings."""
-    for name in ("storage", "broker", "host", "port", "auth"):
-        value = getattr(args, name, None)
-        if value is not None:
-            os.environ[f"BDSCREEN_{name.upper()}"] = str(value)
-    settings_from_env()
-    get_settings.cache_clear()
+def apply_settings(args: argparse.Namespace) -> Settings:
+    """Command-line values override ``BDSCREEN_*`` variables for this process; exits on bad settings.
+
+    Child processes get the result through :func:`child_env`, never through this process's environment."""
+    settings = load_settings(**{name: getattr(args, name, None) for name in ("storage", "broker", "host", "port",
+                                                                             "auth")})
+    use_settings(settings)
+    return settings
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child process: ours, with every setting of ``settings`` spelled out."""
+    return {**os.environ, **settings.to_env()}
 
 
 def _die_with_parent() -> None:
@@ -68,8 +74,7 @@ def _die_with_parent() -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    apply_settings(args)
-    settings = get_settings()
+    settings = apply_settings(args)
     workers = []
     if not args.no_worker:
         for queue in QUEUES:
@@ -77,7 +82,7 @@ def run_serve(args: argparse.Namespace) -> int:
             # Own sessions: a Ctrl-C or a signal to serve's group reaches only serve, which then stops each
             # worker's main process, which stops its pool (signalling pool processes directly can hang it).
             workers.append(SupervisedWorker(queue, lambda command=command: subprocess.Popen(
-                command, preexec_fn=_die_with_parent, start_new_session=True)))
+                command, env=child_env(settings), preexec_fn=_die_with_parent, start_new_session=True)))
     supervisor = Supervisor(workers)
     supervisor.start()
     broker = "embedded filesystem broker" if settings.embedded_broker else settings.broker

@@ -9,9 +9,9 @@ from fastapi.testclient import TestClient
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("BDSCREEN_STORAGE", str(tmp_path_factory.mktemp("docs")))
-    from worker.core.settings import get_settings
+    from worker.core.settings import use_settings
 
-    get_settings.cache_clear()
+    use_settings(None)  # read the environment set above
     from service.main import app
 
     return TestClient(app)  # not entered: the lifespan (reconcile loop) is not needed to serve pages
