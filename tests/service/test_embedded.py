@@ -111,3 +111,22 @@ def _answers(deployment) -> bool:
         return httpx.get(f"{deployment.url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_post_answers_503_and_keeps_nothing_when_the_upload_check_does_not_finish(tmp_path, faces):
+    from worker.core.store import open_store
+
+    gateway = Deployment(tmp_path, broker=None, auth="open", validate_timeout="1")
+    gateway.start("serve", "serve", "--no-worker")
+    try:
+        gateway.wait_for(lambda: _answers(gateway), "the gateway", "serve")
+        records = open_store(gateway.storage).records
+        for kind in ("gpu", "cpu"):  # heartbeats of workers that take nothing (hung, or busy elsewhere)
+            records.beat_worker(f"{kind}-hung@test", [kind], 1, "test")
+        with gateway.client() as client:
+            refused = post_scan(client, faces["model"], clean_data=faces["clean"])
+            assert refused.status_code == 503 and refused.json()["category"] == "not-ready", refused.text
+            assert "did not finish within BDSCREEN_VALIDATE_TIMEOUT (1 s)" in refused.json()["detail"]
+            assert client.get("/v1/scans").json()["count"] == 0  # not accepted unchecked
+    finally:
+        gateway.stop()

@@ -73,9 +73,11 @@ class Store:
         return len(gone)
 
     def sweep_leftovers(self) -> None:
-        """Uploads cut off with their gateway (a day old), and messages the embedded broker handed out."""
+        """Uploads cut off with their gateway (a day old), messages the embedded broker handed out, and its
+        half-written puts of a process that died mid-write (the message never entered the queue)."""
         remove_older(self.blobs.tmp, time.time() - 86400)
         remove_older(self.root / "broker/processed", time.time() - 600)
+        remove_older(self.root / "broker/incoming", time.time() - 600)
 
 
 def artifact_digests(record: ScanRecord) -> list[str]:
