@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -118,15 +119,23 @@ def test_post_answers_503_and_keeps_nothing_when_the_upload_check_does_not_finis
 
     gateway = Deployment(tmp_path, broker=None, auth="open", validate_timeout="1")
     gateway.start("serve", "serve", "--no-worker")
+    done = threading.Event()
     try:
         gateway.wait_for(lambda: _answers(gateway), "the gateway", "serve")
         records = open_store(gateway.storage).records
-        for kind in ("gpu", "cpu"):  # heartbeats of workers that take nothing (hung, or busy elsewhere)
-            records.beat_worker(f"{kind}-hung@test", [kind], 1, "test")
+
+        def beat() -> None:  # heartbeats of workers that take nothing (hung, or busy elsewhere)
+            while not done.is_set():
+                for kind in ("gpu", "cpu"):
+                    records.beat_worker(f"{kind}-hung@test", [kind], 1, "test")
+                done.wait(0.2)
+
+        threading.Thread(target=beat, daemon=True).start()
         with gateway.client() as client:
             refused = post_scan(client, faces["model"], clean_data=faces["clean"])
             assert refused.status_code == 503 and refused.json()["category"] == "not-ready", refused.text
             assert "did not finish within BDSCREEN_VALIDATE_TIMEOUT (1 s)" in refused.json()["detail"]
             assert client.get("/v1/scans").json()["count"] == 0  # not accepted unchecked
     finally:
+        done.set()
         gateway.stop()
