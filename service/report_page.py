@@ -53,8 +53,7 @@ def why(scan: ScanPublic) -> str:
     judged = [f for f in report.findings if f.applicable and f.score is not None and f.threshold is not None]
     if report.verdict == Verdict.backdoored:
         flagged = [f for f in judged if f.score >= f.threshold]
-        return "; ".join(f"{f.detector} scored {f.score:.3f}, at or above its threshold {f.threshold:.3f}: "
-                         f"{f.reason}" for f in flagged)
+        return " ".join(f"{f.detector} flagged it: {f.reason}" for f in flagged)
     if report.verdict == Verdict.clean:
         return "Every applicable detector scored below its threshold: " + "; ".join(
             f"{f.detector} {f.score:.3f} < {f.threshold:.3f}" for f in judged) + "."
