@@ -99,7 +99,8 @@ def upload(client: httpx.Client, args: argparse.Namespace, options: ScanOptions)
         progress = Progress(sum(p.stat().st_size for p in files.values()))
         opened = {name: ProgressFile(path, progress) for name, path in files.items()}
         try:
-            response = client.post("/v1/scans", headers=headers, data={"options": create.model_dump_json(exclude_unset=True)},
+            body = {"options": create.model_dump_json(exclude_unset=True)}
+            response = client.post("/v1/scans", headers=headers, data=body,
                                    files={name: (files[name].name, f) for name, f in opened.items()})
         except httpx.TransportError as exc:
             if attempt == UPLOAD_ATTEMPTS:
