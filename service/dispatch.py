@@ -10,6 +10,7 @@ import anyio
 from anyio import to_thread
 from kombu.exceptions import OperationalError
 
+from schemas.api import UploadCheck
 from worker.core.reconcile import reconcile
 from worker.core.settings import QUEUE_KINDS, Settings
 from worker.core.store import Store
@@ -58,7 +59,7 @@ class Dispatcher:
         live = self.store.records.live_workers(self.settings.lease_seconds)
         return [kind for kind in QUEUE_KINDS if not live.get(kind)]
 
-    async def wait_for_validation(self, scan_id: str) -> dict | None:
+    async def wait_for_validation(self, scan_id: str) -> UploadCheck | None:
         """The upload check's outcome from the record, or None when it did not come within the timeout."""
         deadline = time.monotonic() + self.settings.validate_timeout
         while True:

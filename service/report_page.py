@@ -50,13 +50,13 @@ def why(scan: ScanPublic) -> str:
         if scan.error is not None:
             return f"The scan {scan.state.value}: {scan.error.message}"
         return f"The scan is {scan.state.value}" + (f" ({scan.stage}, {scan.progress:.0%})." if scan.stage else ".")
-    judged = [f for f in report.findings if f.applicable and f.score is not None and f.threshold is not None]
+    judged = [(f, f.score, f.threshold) for f in report.findings
+              if f.applicable and f.score is not None and f.threshold is not None]
     if report.verdict == Verdict.backdoored:
-        flagged = [f for f in judged if f.score >= f.threshold]
-        return " ".join(f"{f.detector} flagged it: {f.reason}" for f in flagged)
+        return " ".join(f"{f.detector} flagged it: {f.reason}" for f, score, threshold in judged if score >= threshold)
     if report.verdict == Verdict.clean:
         return "Every applicable detector scored below its threshold: " + "; ".join(
-            f"{f.detector} {f.score:.3f} < {f.threshold:.3f}" for f in judged) + "."
+            f"{f.detector} {score:.3f} < {threshold:.3f}" for f, score, threshold in judged) + "."
     if not report.findings:
         return "No detector was asked for, so there is no claim either way."
     return "No detector could judge this model: " + "; ".join(f"{f.detector}: {f.reason}" for f in report.findings)

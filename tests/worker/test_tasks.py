@@ -91,7 +91,7 @@ def test_bad_input_fails_the_scan_with_its_category(store, settings, mnist, tmp_
     np.savez(tmp_path / "faces.npz", x=np.zeros((20, 55, 47, 3), np.uint8), y=np.zeros(20, np.int64))
     record = add_scan(store, mnist, clean_data=tmp_path / "faces.npz")
     validate_scan(store, record.id)
-    assert store.records.get(record.id).validation["category"] == "bad-data"
+    assert store.records.get(record.id).validation.category == "bad-data"
     assert execute_scan(store, settings, record.id) == ScanState.failed
     assert store.records.get(record.id).error["category"] == "bad-data"
 

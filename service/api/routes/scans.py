@@ -1,6 +1,6 @@
 """``/v1/scans``: upload a model to scan, follow it, list, cancel and delete scans."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -20,7 +20,7 @@ from worker.core.webhooks import callback_url
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
-PROBLEMS = {status: {"model": Problem, "content": {"application/problem+json": {}}}
+PROBLEMS: dict[int | str, dict[str, Any]] = {status: {"model": Problem, "content": {"application/problem+json": {}}}
             for status in (400, 401, 404, 413, 415, 422, 503)}
 _FILE = {"type": "string", "format": "binary"}
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -66,14 +66,14 @@ async def create_scan(request: Request, response: Response, caller: CallerDep, s
             raise NotReady(f"the upload check did not finish within BDSCREEN_VALIDATE_TIMEOUT "
                            f"({settings.validate_timeout:g} s): the cpu workers are busy or gone. Retry in a minute.",
                            headers={"Retry-After": "30"})
-        if not outcome.get("ok"):
+        if not outcome.ok:
             await to_thread.run_sync(store.delete_scan, record.id, True)
-            refusal = InputError(api_message(outcome["message"], record.uploads))
-            refusal.category = ErrorCategory(outcome["category"])
+            refusal = InputError(api_message(outcome.message or "the upload check refused the input", record.uploads))
+            refusal.category = outcome.category or ErrorCategory.bad_option
             raise refusal
-        if outcome.get("not_applicable") and "detectors" in parse_options(upload.options).model_fields_set:
+        if outcome.not_applicable and "detectors" in parse_options(upload.options).model_fields_set:
             await to_thread.run_sync(store.delete_scan, record.id, True)  # named detectors that cannot run
-            refuse_inapplicable(outcome["not_applicable"], field="options.detectors")
+            refuse_inapplicable(outcome.not_applicable, field="options.detectors")
         await to_thread.run_sync(dispatcher.send_scan, record.id)
     except OperationalError as exc:
         await to_thread.run_sync(store.delete_scan, record.id, True)

@@ -76,10 +76,12 @@ class Database:
 def upsert(connection: Connection, table: Table, row: dict, keys: list[str], updates: dict):
     """``INSERT ... ON CONFLICT (keys) DO UPDATE SET updates`` in the connection's dialect."""
     if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=updates)
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=updates)
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=updates)
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:

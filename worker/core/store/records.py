@@ -13,6 +13,7 @@ UPDATE``), so a claim, a cancel and a finish never interleave on either.
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,7 +21,8 @@ from sqlalchemy import ColumnElement, and_, case, delete, func, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
-from schemas.api import ScanCreate, ScanState
+from schemas.api import ScanCreate, ScanState, UploadCheck
+from schemas.problems import ScanFailure
 from schemas.report import ScanReport
 from worker.core.store.database import Database, upsert
 from worker.core.store.schema import api_keys, counters, scan_blobs, scans, stage_durations, workers
@@ -46,7 +48,7 @@ class ScanRecord:
     ended_at: float | None = None
     heartbeat_at: float | None = None
     attempt: int = 0
-    validation: dict | None = None
+    validation: UploadCheck | None = None
     error: dict | None = None
     report: ScanReport | None = None
     deleted_at: float | None = None
@@ -121,9 +123,9 @@ class Records:
         row = db.execute(query.with_for_update() if lock else query).mappings().first()
         return None if row is None else _record(row)
 
-    def set_validation(self, scan_id: str, result: dict) -> None:
+    def set_validation(self, scan_id: str, result: UploadCheck) -> None:
         with self._tx() as db:
-            db.execute(update(scans).where(scans.c.id == scan_id).values(validation=json.dumps(result)))
+            db.execute(update(scans).where(scans.c.id == scan_id).values(validation=result.model_dump_json()))
 
     def mark_dispatched(self, scan_id: str) -> None:
         with self._tx() as db:
@@ -139,7 +141,8 @@ class Records:
             if rec.state == ScanState.running and (rec.heartbeat_at or 0) > now - lease:
                 return Claim.busy, rec.attempt
             if rec.attempt >= max_attempts:
-                error = {"category": "interrupted", "message": f"The scan was started {rec.attempt} times and never "
+                error = {"category": ScanFailure.interrupted.value,
+                         "message": f"The scan was started {rec.attempt} times and never "
                          "finished: its worker was lost or killed by the hard time limit each time. Retry with "
                          "fewer or smaller data files, or ask the operator to raise BDSCREEN_SCAN_TIME_LIMIT."}
                 db.execute(update(scans).where(scans.c.id == scan_id).values(
@@ -156,7 +159,7 @@ class Records:
 
     def progress(self, scan_id: str, attempt: int, stage: str | None = None, fraction: float | None = None) -> bool:
         """Record progress (or only a heartbeat); False when this attempt no longer owns the scan (canceled)."""
-        values = {"heartbeat_at": time.time()}
+        values: dict[str, float | str] = {"heartbeat_at": time.time()}
         if stage is not None:
             values["stage"] = stage
         if fraction is not None:
@@ -165,7 +168,8 @@ class Records:
             return db.execute(update(scans).where(self._owned(scan_id, attempt)).values(**values)).rowcount == 1
 
     def finish(self, scan_id: str, attempt: int, state: ScanState, *, report: ScanReport | None = None,
-               error: dict | None = None, artifacts: list[str] = (), timings: dict[str, float] | None = None) -> bool:
+               error: dict | None = None, artifacts: Sequence[str] = (),
+               timings: dict[str, float] | None = None) -> bool:
         """End this attempt's scan; False (and nothing written) when it no longer owns it."""
         values = {"state": state.value, "report": None if report is None else report.model_dump_json(),
                   "error": None if error is None else json.dumps(error), "ended_at": time.time()}
@@ -282,6 +286,7 @@ def _record(row: RowMapping) -> ScanRecord:
     values["options"] = ScanCreate.model_validate_json(values["options"])
     values["uploads"] = json.loads(values["uploads"])
     values["report"] = None if values["report"] is None else ScanReport.model_validate_json(values["report"])
-    for name in ("validation", "error"):
-        values[name] = None if values[name] is None else json.loads(values[name])
+    check = values["validation"]
+    values["validation"] = None if check is None else UploadCheck.model_validate_json(check)
+    values["error"] = None if values["error"] is None else json.loads(values["error"])
     return ScanRecord(**values)
