@@ -42,11 +42,14 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         if url.startswith("sqlite"):
-            self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            # Every use ends in an explicit commit or rollback, so the pool need not reset connections again.
+            self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                                        pool_reset_on_return=None)
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                                        pool_reset_on_return=None)
         _engines.add(self.engine)
         with self.transaction() as connection:
             migrate(connection, time.time())

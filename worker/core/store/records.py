@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, delete, func, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -96,13 +96,11 @@ class Records:
         return record
 
     def get(self, scan_id: str, owner: str | None = None, deleted: bool = False) -> ScanRecord | None:
-        conditions = [scans.c.id == scan_id]
-        if owner is not None:
-            conditions.append(scans.c.owner == owner)
-        if not deleted:
-            conditions.append(scans.c.deleted_at.is_(None))
+        # The status read is the hot path: statements built once, so SQLAlchemy's compiled cache serves them.
+        query = _BY_ID[(owner is not None, deleted)]
         with self._read() as db:
-            return self._get(db, *conditions)
+            row = db.execute(query, {"id": scan_id, "owner": owner}).mappings().first()
+        return None if row is None else _record(row)
 
     def find_by_key(self, owner: str, key: str) -> ScanRecord | None:
         with self._read() as db:
@@ -278,6 +276,18 @@ class Records:
     def key_names(self) -> list[str]:
         with self._read() as db:
             return list(db.execute(select(api_keys.c.name).order_by(api_keys.c.name)).scalars())
+
+
+def _by_id(with_owner: bool, deleted: bool):
+    conditions = [scans.c.id == bindparam("id")]
+    if with_owner:
+        conditions.append(scans.c.owner == bindparam("owner"))
+    if not deleted:
+        conditions.append(scans.c.deleted_at.is_(None))
+    return select(scans).where(*conditions)
+
+
+_BY_ID = {(owner, deleted): _by_id(owner, deleted) for owner in (False, True) for deleted in (False, True)}
 
 
 def _record(row: RowMapping) -> ScanRecord:
