@@ -56,7 +56,7 @@ class Dispatcher:
 
     def missing_workers(self) -> list[str]:
         """The queue kinds (gpu, cpu) with no worker whose heartbeat is younger than the lease."""
-        live = self.store.records.live_workers(self.settings.lease_seconds)
+        live = self.store.records.live_workers(self.settings.worker_lease_seconds)
         return [kind for kind in QUEUE_KINDS if not live.get(kind)]
 
     async def wait_for_validation(self, scan_id: str) -> UploadCheck | None:

@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         return int(self.max_upload_mb * 1024 * 1024)
 
     @property
+    def worker_lease_seconds(self) -> float:
+        """A worker whose heartbeat row is older than this is taken to be gone (``/readyz``, POST).
+
+        At least 10 s: on a loaded machine a heartbeat thread can miss a beat or two, and a queue wrongly
+        reported empty turns uploads away."""
+        return max(4 * self.heartbeat_seconds, 10.0)
+
+    @property
     def lease_seconds(self) -> float:
         """A running scan whose heartbeat is older than this is taken to be lost."""
         return max(4 * self.heartbeat_seconds, 2.0)
