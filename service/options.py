@@ -48,7 +48,7 @@ def describe_error(exc: ValidationError, model: type[BaseModel]) -> str:
     if first["type"] == "extra_forbidden":
         known = _fields_at(model, first["loc"][:-1])
         nearest = difflib.get_close_matches(str(first["loc"][-1]), known, n=1, cutoff=0.6)
-        hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+        hint = f"; did you mean {nearest[0]!r}?" if nearest else "."
         return f"unknown option {where}{hint} The known keys there are: {', '.join(known)}."
     if first["type"] == "json_invalid":
         return f"options is not valid JSON: {first['msg']}."
