@@ -89,6 +89,7 @@ def sniff_model_file(path: Path) -> FileKind:
                 _refuse_polyglot(file, None, "an ONNX model")
                 _refuse_external_data(path)
                 return FileKind.onnx
+            _refuse_polyglot(file, None, "a file of unknown content")
     except OSError as error:
         raise UnreadableModelError(f"The model file cannot be read: {error.strerror or error}.") from error
     raise UnreadableModelError(_unknown("its content is none of them"))
