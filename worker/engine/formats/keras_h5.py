@@ -23,6 +23,7 @@ from worker.core.limits import MAX_CONFIG_BYTES, check_elements, check_node_coun
 from worker.engine import ops
 from worker.engine.canonical import CanonicalModel
 from worker.engine.formats.graph import GraphBuilder
+from worker.engine.formats.hdf5_vet import open_hdf5
 from worker.engine.formats.keras_layers import build_layer, weight_maps
 
 # A custom object's module must be one of these packages or inside one ("keras_evil" is not "keras").
@@ -41,7 +42,7 @@ class KerasLayer:
 def read_keras_h5(path: Path, architecture: Path | None = None) -> CanonicalModel:
     """Read a whole-model file, or a weights-only file together with its ``model.to_json()``."""
     what = f"Keras file {path.name}"
-    with _open(path) as h5:
+    with open_hdf5(path, f"Keras file {path.name}") as h5:
         config = _load_config(h5, architecture, what)
         refuse_code(config, what)
         layers, output, input_shape = _parse(config, what)
@@ -132,51 +133,6 @@ def refuse_code(config: Any, what: str) -> None:
 
 def _is_builtin_module(module: object) -> bool:
     return isinstance(module, str) and module.split(".")[0] in _BUILTIN_MODULES
-
-
-def _open(path: Path) -> h5py.File:
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise UnreadableModelError(f"Keras file {path.name}: not a readable HDF5 file ({exc}); "
-                                   "it may be truncated or corrupt.") from None
-    _refuse_external_storage(h5, f"Keras file {path.name}")
-    return h5
-
-
-def _refuse_external_storage(h5: h5py.File, what: str) -> None:
-    """Weights stored outside the upload (external links, external or virtual datasets) could read server files."""
-    bad: list[str] = []
-    stack: list[h5py.Group] = [h5]
-    seen = {_object_key(h5)}
-    while stack:
-        group = stack.pop()
-        for key in group:
-            link = group.get(key, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                bad.append(f"external link '{group.name}/{key}' -> {link.filename}")
-                continue
-            if isinstance(link, h5py.SoftLink):
-                continue  # a soft link names a path that the walk reaches on its own, or nothing
-            item = group[key]
-            if isinstance(item, h5py.Group):
-                if _object_key(item) in seen:
-                    # Hard links can make a group its own descendant: every walk over it would loop forever.
-                    raise UnreadableModelError(f"{what}: group '{group.name}/{key}' links back to a group that "
-                                               "contains it (a cycle); Keras never writes one.")
-                seen.add(_object_key(item))
-                stack.append(item)
-            elif isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
-                bad.append(f"dataset '{item.name}' stored outside the file")
-    if bad:
-        raise RefusedModelError(f"{what}: refers to data outside the upload ({'; '.join(bad[:3])}); "
-                                "save the model as one self-contained file.")
-
-
-def _object_key(obj: h5py.HLObject) -> tuple[int, ...]:
-    """The same for every link to one HDF5 object (its file number and object address)."""
-    info = h5py.h5g.get_objinfo(obj.id)
-    return (*info.fileno, *info.objno)
 
 
 def _load_config(h5: h5py.File, architecture: Path | None, what: str) -> dict[str, Any]:
