@@ -215,15 +215,15 @@ def resize_bomb(path: Path, count: int = 500) -> Path:
 
 
 def gzip_weight_bomb(path: Path) -> Path:
-    """A Keras file whose Dense kernel is 2^28 zeros (1 GiB as float32) gzip-compressed to about 1 MB."""
+    """A Keras file whose Dense kernel is 2^27 zeros (512 MiB as float32), gzip-compressed to a few hundred KB."""
     config = keras_config()
-    config["config"]["layers"][4]["config"]["units"] = 1 << 25
+    config["config"]["layers"][4]["config"]["units"] = 1 << 24
     write_keras(path, config, weights={"conv": {"kernel": (3, 3, 1, 2), "bias": (2,)}})
     with h5py.File(path, "a") as h5:
         group = h5["model_weights/dense"]
-        group.create_dataset("dense/kernel:0", shape=(8, 1 << 25), dtype="f4", compression="gzip",
+        group.create_dataset("dense/kernel:0", shape=(8, 1 << 24), dtype="f4", compression="gzip",
                              chunks=(8, 1 << 20), fillvalue=0)
-        group.create_dataset("dense/bias:0", shape=(1 << 25,), dtype="f4", compression="gzip", chunks=(1 << 20,))
+        group.create_dataset("dense/bias:0", shape=(1 << 24,), dtype="f4", compression="gzip", chunks=(1 << 20,))
         group.attrs["weight_names"] = [b"dense/kernel:0", b"dense/bias:0"]
     return path
 
