@@ -74,9 +74,11 @@ def sniff_model_file(path: Path) -> FileKind:
                 raise UnreadableModelError("The model file is empty.")
             # Pickles first: a file that starts as a pickle is refused even if an HDF5 user block follows.
             found = is_pickle_bytes(head) or _compressed_pickle(file, head)
+            offset = hdf5_signature_offset(file, size)
+            if found and offset:
+                found += f" and, from byte {offset}, an HDF5 file at once (a polyglot)"
             if found:
                 raise RefusedModelError(_refusal(found))
-            offset = hdf5_signature_offset(file, size)
             if offset is not None:
                 _refuse_polyglot(file, foreign_bytes(file, size, offset), "an HDF5 model")
                 return FileKind.hdf5
