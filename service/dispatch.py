@@ -13,6 +13,7 @@ from kombu.exceptions import OperationalError
 from worker.core.reconcile import reconcile
 from worker.core.settings import Settings
 from worker.core.store import Store
+from worker.core.validation import validation_done
 
 log = logging.getLogger("bdscreen.gateway")
 #: How often POST looks at the record while the upload check runs.
@@ -58,8 +59,9 @@ class Dispatcher:
         deadline = time.monotonic() + self.settings.validate_timeout
         while True:
             record = await to_thread.run_sync(self.store.records.get, scan_id)
-            if record is None or record.validation is not None or time.monotonic() >= deadline:
-                return None if record is None else record.validation
+            done = record is not None and validation_done(record.validation)
+            if record is None or done or time.monotonic() >= deadline:
+                return record.validation if done else None
             await anyio.sleep(VALIDATION_POLL_SECONDS)
 
     def reconcile_once(self) -> list[str]:

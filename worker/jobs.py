@@ -12,10 +12,12 @@ import threading
 from pathlib import Path
 
 from schemas.api import ScanCreate, ScanState
+from schemas.problems import ErrorCategory
 from worker.core.errors import InputError
 from worker.core.settings import Settings
 from worker.core.store import Store
 from worker.core.store.records import Claim, ScanRecord
+from worker.core.validation import validation_done
 
 #: Rows read from each data file by the upload check; enough to prove it fits the model.
 CHECK_SAMPLES = 8
@@ -59,15 +61,32 @@ def check_inputs(store: Store, record: ScanRecord) -> None:
         raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data.")
 
 
-def validate_scan(store: Store, scan_id: str) -> None:
-    """The upload check on the cpu queue; its outcome goes to the record, where the gateway waits for it."""
+def validate_scan(store: Store, scan_id: str, max_attempts: int = 3) -> None:
+    """The upload check on the cpu queue; its outcome goes to the record, where the gateway waits for it.
+
+    Each start is counted in the record before the check runs. A check that kills its worker (an unforeseen
+    memory bomb) leaves the count behind, and its message comes back (acks_late): after ``max_attempts``
+    starts the upload is refused with the reason instead of being checked again, so a poison message cannot
+    take down every worker in turn."""
     record = store.records.get(scan_id)
-    if record is None or record.validation is not None:
+    if record is None or validation_done(record.validation):
         return
+    attempts = (record.validation or {}).get("attempts", 0) + 1
+    if attempts > max_attempts:
+        store.records.set_validation(scan_id, {"category": ErrorCategory.too_large.value, "message": (
+            f"The upload check was started {attempts - 1} times and its worker died each time, most likely out "
+            "of memory: the model or data needs more than a worker has. Send smaller files.")})
+        return
+    store.records.set_validation(scan_id, {"attempts": attempts})
     try:
         check_inputs(store, record)
     except InputError as exc:
         store.records.set_validation(scan_id, {"category": exc.category.value, "message": exc.message})
+        return
+    except MemoryError:
+        store.records.set_validation(scan_id, {"category": ErrorCategory.too_large.value, "message": (
+            "Checking the upload needed more memory than this worker may use (its address-space limit, "
+            "BDSCREEN_WORKER_ADDRESS_SPACE_MB); send smaller files.")})
         return
     store.records.set_validation(scan_id, {"ok": True})
 
@@ -104,6 +123,10 @@ def execute_scan(store: Store, settings: Settings, scan_id: str, device=None) ->
     record = store.records.get(scan_id)
     if record is None:  # deleted right after the claim
         return None
+    refusal = record.validation if validation_done(record.validation) else None
+    if refusal is not None and "category" in refusal:
+        # The upload check refused it after the gateway had stopped waiting and queued it: no need to run it.
+        return _fail(store, scan_id, attempt, refusal["category"], refusal["message"])
     work = store.work_dir(scan_id, attempt)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -130,6 +153,9 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
         return None
     except InputError as exc:
         return _fail(store, record.id, attempt, exc.category.value, exc.message)
+    except MemoryError:
+        return _fail(store, record.id, attempt, ErrorCategory.too_large.value, "The scan needed more memory than "
+                     "this worker may use (BDSCREEN_WORKER_ADDRESS_SPACE_MB); send fewer or smaller data files.")
     except SoftTimeLimitExceeded:
         return _fail(store, record.id, attempt, "time-limit", "The scan ran past its time limit "
                      "(BDSCREEN_SCAN_TIME_LIMIT). Send fewer clean samples or fewer thresholds, or skip fine-tuning.")

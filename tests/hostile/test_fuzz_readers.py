@@ -127,7 +127,8 @@ OPS = ["Conv", "Gemm", "MatMul", "Relu", "Flatten", "Reshape", "MaxPool", "Avera
 ATTRIBUTE_NAMES = ["axis", "axes", "perm", "kernel_shape", "strides", "pads", "dilations", "group", "mode", "to",
                    "transB", "alpha", "keepdims", "auto_pad", "allowzero", "ceil_mode"]
 ATTRIBUTE_VALUES = st.one_of(st.integers(-3, 2**40), st.floats(allow_nan=True), st.text(max_size=4),
-                             st.lists(st.integers(-3, 70), max_size=6), st.lists(st.floats(-3, 3), max_size=3))
+                             st.lists(st.integers(-3, 70), min_size=1, max_size=6),
+                             st.lists(st.floats(-3, 3), min_size=1, max_size=3))
 
 
 @FUZZ

@@ -51,6 +51,25 @@ def batch_within_budget(sample_bytes: int, wanted: int) -> int:
     return max(1, min(wanted, memory_budget() // max(sample_bytes, 1)))
 
 
+def limit_address_space(megabytes: float) -> bool:
+    """Cap this process's address space (RLIMIT_AS) so a runaway allocation raises MemoryError; True if set.
+
+    Not where a GPU is visible: CUDA reserves far more address space than it uses, and fails under a cap."""
+    import glob
+    import os
+    import resource
+
+    cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1")
+    if megabytes <= 0 or glob.glob("/dev/nvidia[0-9]*") or cuda_visible:
+        return False
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = int(megabytes * 2**20)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return True
+
+
 def check_elements(what: str, shape: tuple[int, ...] | list[int], limit: int = MAX_TENSOR_ELEMENTS) -> int:
     """Return the number of elements of ``shape``, or raise if it is negative or above ``limit``."""
     dims = [int(d) for d in shape]
