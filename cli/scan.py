@@ -6,17 +6,12 @@ Exit codes, for CI gates: 0 clean, 1 backdoored, 3 inconclusive, 2 refused or ba
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from schemas.report import ScanReport, Verdict
-from schemas.scan import DetectorName, PreprocessingOptions, PruneCriterion, RepairOptions, ScanOptions
-
-EXIT_BY_VERDICT = {Verdict.clean: 0, Verdict.backdoored: 1, Verdict.inconclusive: 3}
-
-
-def exit_code(report: ScanReport) -> int:
-    """The CI gate's answer: a crashed detector or stage is an error (2), never "inconclusive"."""
-    return 2 if report.errors else EXIT_BY_VERDICT[report.verdict]
+from cli.report import describe_report, exit_code
+from schemas.scan import PruneCriterion, ScanOptions
 
 
 def _floats(value: str) -> list[float]:
@@ -38,24 +33,26 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
                       help="separate clean data for the reported figures (else part of --clean-data is held out)")
     data.add_argument("--poisoned-data", type=existing_file, metavar="FILE",
                       help="triggered inputs with their poisoned labels, only to report attack success")
+    # No defaults here: an unset flag leaves the option to schemas/scan.py, the only place defaults live.
     prep = scan.add_argument_group("preprocessing: x -> (x / divide_by - mean) / std")
-    prep.add_argument("--divide-by", type=float, default=1.0)
-    prep.add_argument("--mean", type=_floats, default=[0.0], help="one value or one per channel")
-    prep.add_argument("--std", type=_floats, default=[1.0], help="one value or one per channel")
-    prep.add_argument("--bgr", action="store_true", help="reverse channel order (RGB data, BGR model)")
+    prep.add_argument("--divide-by", type=float, help="(default 1)")
+    prep.add_argument("--mean", type=_floats, help="one value or one per channel (default 0)")
+    prep.add_argument("--std", type=_floats, help="one value or one per channel (default 1)")
+    prep.add_argument("--bgr", action="store_const", const=True, help="reverse channel order (RGB data, BGR model)")
     repair = scan.add_argument_group("repair")
+    repair.add_argument("--no-repair", action="store_const", const=True,
+                        help="detection only, even when clean data is given (the detectors still use it)")
     repair.add_argument("--layer", help="conv layer to prune (default: the last conv layer on every path "
                                         "to the output)")
-    repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], default="mean")
-    repair.add_argument("--thresholds", type=_floats, default=[2.0, 4.0, 10.0],
-                        help="clean-accuracy drops in percentage points (default 2,4,10)")
-    repair.add_argument("--fine-tune", action="store_true", help="fine-tune after pruning (fine-pruning)")
-    repair.add_argument("--fine-tune-epochs", type=int, default=20)
-    repair.add_argument("--fine-tune-lr", type=float, default=1e-2, help="peak learning rate (cosine to 0)")
-    repair.add_argument("--holdout", type=float, default=0.3, help="held-out fraction of --clean-data")
-    repair.add_argument("--no-goodnet", action="store_true", help="do not build GoodNets")
-    repair.add_argument("--seed", type=int, default=0)
-    scan.add_argument("--detectors", default="ulp", help="comma-separated detectors, or 'none' (default: ulp)")
+    repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], help="(default mean)")
+    repair.add_argument("--thresholds", type=_floats, help="clean-accuracy drops in percentage points (default 2,4,10)")
+    repair.add_argument("--fine-tune", action="store_const", const=True, help="fine-tune after pruning")
+    repair.add_argument("--fine-tune-epochs", type=int)
+    repair.add_argument("--fine-tune-lr", type=float, help="peak learning rate (cosine to 0)")
+    repair.add_argument("--holdout", type=float, help="held-out fraction of --clean-data (default 0.3)")
+    repair.add_argument("--no-goodnet", action="store_const", const=True, help="do not build GoodNets")
+    repair.add_argument("--seed", type=int)
+    scan.add_argument("--detectors", help="comma-separated detectors, or 'none' (default: every applicable one)")
     where = scan.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="run the engine in this process (the default)")
     where.add_argument("--server", metavar="URL", help="scan on a bdscreen server (http://HOST:PORT) instead")
@@ -70,31 +67,49 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     scan.set_defaults(run=run_scan_command)
 
 
+#: Each scan flag and the option it sets (a path into ScanOptions), with how a flag value becomes the option's.
+FLAG_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
+    "divide_by": (("preprocessing", "divide_by"), lambda v: v),
+    "mean": (("preprocessing", "mean"), lambda v: v),
+    "std": (("preprocessing", "std"), lambda v: v),
+    "bgr": (("preprocessing", "bgr"), lambda v: v),
+    "no_repair": (("repair", "enabled"), lambda v: not v),
+    "layer": (("repair", "layer"), lambda v: v),
+    "criterion": (("repair", "criterion"), lambda v: v),
+    "thresholds": (("repair", "thresholds"), lambda v: v),
+    "fine_tune": (("repair", "fine_tune"), lambda v: v),
+    "fine_tune_epochs": (("repair", "fine_tune_epochs"), lambda v: v),
+    "fine_tune_lr": (("repair", "fine_tune_learning_rate"), lambda v: v),
+    "holdout": (("repair", "holdout_fraction"), lambda v: v),
+    "seed": (("repair", "seed"), lambda v: v),
+    "no_goodnet": (("goodnet",), lambda v: not v),
+    "detectors": (("detectors",), lambda v: [] if v.strip() in ("", "none") else [d.strip() for d in v.split(",")]),
+}
+
+
 def options_from_args(args: argparse.Namespace) -> ScanOptions:
+    """The scan options holding only what the user set on the command line; the schema fills in the rest."""
     from pydantic import ValidationError
 
     from worker.core.errors import OptionError
 
-    detectors = [] if args.detectors.strip() in ("", "none") else [d.strip() for d in args.detectors.split(",")]
+    given: dict[str, Any] = {}
+    for flag, (path, convert) in FLAG_OPTIONS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            *parents, leaf = path
+            target = given
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = convert(value)
     try:
-        return ScanOptions(
-            preprocessing=PreprocessingOptions(divide_by=args.divide_by, mean=args.mean, std=args.std, bgr=args.bgr),
-            detectors=[DetectorName(d) for d in detectors],
-            repair=RepairOptions(layer=args.layer, criterion=args.criterion, thresholds=args.thresholds,
-                                 fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
-                                 fine_tune_learning_rate=args.fine_tune_lr,
-                                 holdout_fraction=args.holdout, seed=args.seed),
-            goodnet=not args.no_goodnet)
-    except (ValidationError, ValueError) as exc:
-        raise OptionError(f"invalid option: {_first_error(exc)}") from None
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return str(exc)
+        return ScanOptions.model_validate(given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(str(part) for part in first["loc"])
+        flag = next((f for f, (path, _) in FLAG_OPTIONS.items() if loc[:len(path)] == path), None)
+        where = f"--{flag.replace('_', '-')}" if flag else ".".join(loc)
+        raise OptionError(f"{where}: {first['msg']}") from None
 
 
 def run_scan_command(args: argparse.Namespace) -> int:
@@ -107,7 +122,8 @@ def run_scan_command(args: argparse.Namespace) -> int:
         from worker.core.errors import OptionError
 
         raise OptionError("--download, --api-key and --callback-url need --server URL; a local scan writes to --out.")
-    from worker.engine.scan import ScanInputs, run_scan
+    from worker.engine.scan import run_scan
+    from worker.engine.stages import ScanInputs
 
     inputs = ScanInputs(model=args.model, architecture=args.architecture, clean_data=args.clean_data,
                         eval_data=args.eval_data, poisoned_data=args.poisoned_data)
@@ -126,38 +142,3 @@ def run_scan_command(args: argparse.Namespace) -> int:
 
 def _print_progress(stage: str, fraction: float) -> None:
     print(f"  [{fraction:4.0%}] {stage}", file=sys.stderr)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def describe_report(report: ScanReport, out: Path | None) -> str:
-    lines = [f"verdict: {report.verdict.value}" + ("" if report.score is None else f" (score {report.score:.3f})")]
-    for f in report.findings:
-        state = f"score {f.score:.3f} / threshold {f.threshold:.3f}" if f.applicable else "not applicable"
-        lines.append(f"  {f.detector:<8} {state}: {f.reason}")
-    if report.repair is not None:
-        r = report.repair
-        lines += ["", f"repair: pruning {r.layer} ({r.criterion} order); decision data {r.split.decision_samples}, "
-                      f"evaluation {r.split.evaluation_samples} ({r.split.evaluation_source})",
-                  f"  baseline: clean accuracy {_pct(r.baseline.clean_accuracy)}, "
-                  f"attack success {_pct(r.baseline.attack_success_rate)}",
-                  f"  {'drop':>6} {'pruned':>7} {'clean acc':>10} {'attack':>8}   artifact"]
-        for m in r.models:
-            if not m.reached:
-                lines.append(f"  {m.threshold:>5g}% {'not reached: no pruning step dropped accuracy that far':>40}")
-                continue
-            lines.append(f"  {m.threshold:>5g}% {m.channels_pruned:>7} {_pct(m.clean_accuracy):>10} "
-                         f"{_pct(m.attack_success_rate):>8}   {m.artifact}{' (fine-tuned)' if m.fine_tuned else ''}")
-    if report.goodnets:
-        lines += ["", f"  {'goodnet':>7} {'clean acc':>10} {'false alarm':>12} {'detection':>10} {'attack':>8}"]
-        for g in report.goodnets:
-            mark = "  <- recommended" if g.recommended else ""
-            lines.append(f"  {g.threshold:>6g}% {_pct(g.clean_accuracy):>10} {_pct(g.false_alarm_rate):>12} "
-                         f"{_pct(g.detection_rate):>10} {_pct(g.attack_success_rate):>8}   {g.artifact}{mark}")
-        if report.repair and report.repair.recommendation:
-            lines.append(f"  recommended {report.repair.recommendation}")
-    if out is not None:
-        lines += ["", f"artifacts in {out}: " + ", ".join(a.name for a in report.artifacts)]
-    return "\n".join(lines)

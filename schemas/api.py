@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, HttpUrl
 
+from schemas.problems import ErrorCategory, ScanFailure
 from schemas.report import ScanReport, Verdict
 from schemas.scan import ScanOptions
 
@@ -48,11 +49,24 @@ class ScanCreate(ScanOptions):
 
 
 class ScanError(BaseModel):
-    """Why a scan failed: a stable category (an input ErrorCategory, or 'internal', 'time-limit',
-    'interrupted') and what to do about it."""
+    """Why a scan failed: a stable category (an input ErrorCategory, or a ScanFailure) and what to do about it."""
 
-    category: str
+    category: ErrorCategory | ScanFailure
     message: str
+
+
+class UploadCheck(BaseModel):
+    """The upload check on the cpu queue: accepted, refused with the category and why, or (``ok`` None) started
+    ``attempts`` times without an outcome, which a check whose worker died leaves behind."""
+
+    ok: bool | None = None
+    category: ErrorCategory | None = None
+    message: str | None = None
+    attempts: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.ok is not None
 
 
 class UploadedFile(BaseModel):

@@ -70,6 +70,9 @@ class RepairedModel(Metrics):
     channels_pruned: int | None = None
     fine_tuned: bool = False
     fine_tune_epochs: int | None = None
+    fine_tune_best_epoch: int | None = Field(default=None, description="The fine-tuned epoch kept (1-based).")
+    fine_tune_heldout_accuracy: float | None = Field(
+        default=None, description="Accuracy of the kept epoch on the part of the decision data held out of tuning.")
     artifact: str | None = Field(default=None, description="Repaired model in the uploaded format.")
     onnx_artifact: str | None = None
 
@@ -118,10 +121,11 @@ class ScanReport(BaseModel):
 
 def verdict_of(findings: list[Finding]) -> tuple[Verdict, float | None]:
     """Backdoored if any applicable finding reaches its threshold; clean if all fall below; else inconclusive."""
-    judged = [f for f in findings if f.applicable and f.score is not None and f.threshold is not None]
+    judged = [(f.score, f.threshold) for f in findings
+              if f.applicable and f.score is not None and f.threshold is not None]
     if not judged:
         return Verdict.inconclusive, None
-    score = max(f.score for f in judged)
-    if any(f.score >= f.threshold for f in judged):
+    score = max(s for s, _ in judged)
+    if any(s >= t for s, t in judged):
         return Verdict.backdoored, score
     return Verdict.clean, score

@@ -10,10 +10,10 @@ import anyio
 from anyio import to_thread
 from kombu.exceptions import OperationalError
 
+from schemas.api import UploadCheck
 from worker.core.reconcile import reconcile
 from worker.core.settings import Settings
 from worker.core.store import Store
-from worker.core.validation import validation_done
 
 log = logging.getLogger("bdscreen.gateway")
 #: How often POST looks at the record while the upload check runs.
@@ -54,14 +54,16 @@ class Dispatcher:
             return False, f"{type(exc).__name__}: {exc}"
         return True, "ok"
 
-    async def wait_for_validation(self, scan_id: str) -> dict | None:
+    async def wait_for_validation(self, scan_id: str) -> UploadCheck | None:
         """The upload check's outcome from the record, or None when it did not come within the timeout."""
         deadline = time.monotonic() + self.settings.validate_timeout
         while True:
             record = await to_thread.run_sync(self.store.records.get, scan_id)
-            done = record is not None and validation_done(record.validation)
+            check = None if record is None or record.validation is None else \
+                UploadCheck.model_validate(record.validation)
+            done = check is not None and check.finished
             if record is None or done or time.monotonic() >= deadline:
-                return record.validation if done else None
+                return check if done else None
             await anyio.sleep(VALIDATION_POLL_SECONDS)
 
     def reconcile_once(self) -> list[str]:

@@ -11,13 +11,12 @@ import shutil
 import threading
 from pathlib import Path
 
-from schemas.api import ScanCreate, ScanState
-from schemas.problems import ErrorCategory
+from schemas.api import ScanCreate, ScanError, ScanState, UploadCheck
+from schemas.problems import ErrorCategory, FailureCategory, ScanFailure
 from worker.core.errors import InputError
 from worker.core.settings import Settings
 from worker.core.store import Store
 from worker.core.store.records import Claim, ScanRecord
-from worker.core.validation import validation_done
 
 #: Rows read from each data file by the upload check; enough to prove it fits the model.
 CHECK_SAMPLES = 8
@@ -32,7 +31,7 @@ class ScanBusy(Exception):
 
 
 def scan_inputs(store: Store, record: ScanRecord):
-    from worker.engine.scan import ScanInputs
+    from worker.engine.stages import ScanInputs
 
     paths = {name: store.input_path(record, name) for name in ("architecture", "clean_data", "eval_data",
                                                                "poisoned_data")}
@@ -61,6 +60,10 @@ def check_inputs(store: Store, record: ScanRecord) -> None:
         raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data.")
 
 
+def _upload_check(record: ScanRecord | None) -> UploadCheck | None:
+    return None if record is None or record.validation is None else UploadCheck.model_validate(record.validation)
+
+
 def validate_scan(store: Store, scan_id: str, max_attempts: int = 3) -> None:
     """The upload check on the cpu queue; its outcome goes to the record, where the gateway waits for it.
 
@@ -69,26 +72,28 @@ def validate_scan(store: Store, scan_id: str, max_attempts: int = 3) -> None:
     starts the upload is refused with the reason instead of being checked again, so a poison message cannot
     take down every worker in turn."""
     record = store.records.get(scan_id)
-    if record is None or validation_done(record.validation):
+    earlier = _upload_check(record)
+    if record is None or (earlier is not None and earlier.finished):
         return
-    attempts = (record.validation or {}).get("attempts", 0) + 1
+    attempts = (earlier.attempts if earlier else 0) + 1
     if attempts > max_attempts:
-        store.records.set_validation(scan_id, {"category": ErrorCategory.too_large.value, "message": (
+        store.records.set_validation(scan_id, UploadCheck(ok=False, category=ErrorCategory.too_large, message=(
             f"The upload check was started {attempts - 1} times and its worker died each time, most likely out "
-            "of memory: the model or data needs more than a worker has. Send smaller files.")})
+            "of memory: the model or data needs more than a worker has. Send smaller files."), attempts=attempts - 1))
         return
-    store.records.set_validation(scan_id, {"attempts": attempts})
+    store.records.set_validation(scan_id, UploadCheck(attempts=attempts))
     try:
         check_inputs(store, record)
     except InputError as exc:
-        store.records.set_validation(scan_id, {"category": exc.category.value, "message": exc.message})
+        store.records.set_validation(scan_id, UploadCheck(ok=False, category=exc.category, message=exc.message,
+                                                           attempts=attempts))
         return
     except MemoryError:
-        store.records.set_validation(scan_id, {"category": ErrorCategory.too_large.value, "message": (
+        store.records.set_validation(scan_id, UploadCheck(ok=False, category=ErrorCategory.too_large, message=(
             "Checking the upload needed more memory than this worker may use (its address-space limit, "
-            "BDSCREEN_WORKER_ADDRESS_SPACE_MB); send smaller files.")})
+            "BDSCREEN_WORKER_ADDRESS_SPACE_MB); send smaller files."), attempts=attempts))
         return
-    store.records.set_validation(scan_id, {"ok": True})
+    store.records.set_validation(scan_id, UploadCheck(ok=True, attempts=attempts))
 
 
 class Heartbeat:
@@ -123,10 +128,11 @@ def execute_scan(store: Store, settings: Settings, scan_id: str, device=None) ->
     record = store.records.get(scan_id)
     if record is None:  # deleted right after the claim
         return None
-    refusal = record.validation if validation_done(record.validation) else None
-    if refusal is not None and "category" in refusal:
+    check = _upload_check(record)
+    if check is not None and check.ok is False:
         # The upload check refused it after the gateway had stopped waiting and queued it: no need to run it.
-        return _fail(store, scan_id, attempt, refusal["category"], refusal["message"])
+        return _fail(store, scan_id, attempt, check.category or ErrorCategory.bad_option,
+                     check.message or "the upload check refused the input")
     work = store.work_dir(scan_id, attempt)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -152,16 +158,17 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
     except ScanCanceled:
         return None
     except InputError as exc:
-        return _fail(store, record.id, attempt, exc.category.value, exc.message)
+        return _fail(store, record.id, attempt, exc.category, exc.message)
     except MemoryError:
-        return _fail(store, record.id, attempt, ErrorCategory.too_large.value, "The scan needed more memory than "
+        return _fail(store, record.id, attempt, ErrorCategory.too_large, "The scan needed more memory than "
                      "this worker may use (BDSCREEN_WORKER_ADDRESS_SPACE_MB); send fewer or smaller data files.")
     except SoftTimeLimitExceeded:
-        return _fail(store, record.id, attempt, "time-limit", "The scan ran past its time limit "
+        return _fail(store, record.id, attempt, ScanFailure.time_limit, "The scan ran past its time limit "
                      "(BDSCREEN_SCAN_TIME_LIMIT). Send fewer clean samples or fewer thresholds, or skip fine-tuning.")
     except Exception as exc:  # noqa: BLE001 - recorded as the scan's failure; the worker goes on
-        return _fail(store, record.id, attempt, "internal", f"The engine failed: {type(exc).__name__}: {exc}. "
-                     "This is a bug in bdscreen; please report it with the model's 'bdscreen inspect' output.")
+        return _fail(store, record.id, attempt, ScanFailure.internal,
+                     f"The engine failed: {type(exc).__name__}: {exc}. This is a bug in bdscreen; please report it "
+                     "with the model's 'bdscreen inspect' output.")
     with store.blobs.lock():
         digests = [store.blobs.put_file(work / artifact.name)[0] for artifact in report.artifacts]
         ended = store.records.finish(record.id, attempt, ScanState.succeeded, report=report.model_dump_json(),
@@ -172,6 +179,7 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
     return ScanState.succeeded
 
 
-def _fail(store: Store, scan_id: str, attempt: int, category: str, message: str) -> ScanState | None:
-    ended = store.records.finish(scan_id, attempt, ScanState.failed, error={"category": category, "message": message})
+def _fail(store: Store, scan_id: str, attempt: int, category: FailureCategory, message: str) -> ScanState | None:
+    error = ScanError(category=category, message=message).model_dump(mode="json")
+    ended = store.records.finish(scan_id, attempt, ScanState.failed, error=error)
     return ScanState.failed if ended else None

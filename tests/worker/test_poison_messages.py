@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas.api import ScanState
+from schemas.api import ScanState, UploadCheck
 from worker.core.limits import limit_address_space
 from worker.core.settings import Settings
 from worker.core.store import ScanRecord, open_store
@@ -46,7 +46,7 @@ def kill_a_check_mid_way(store, storage: Path, scan_id: str, attempts: int, max_
                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.monotonic() + 120
-        while store.records.get(scan_id).validation != {"attempts": attempts}:
+        while store.records.get(scan_id).validation != UploadCheck(attempts=attempts).model_dump(mode="json"):
             assert child.poll() is None and time.monotonic() < deadline, "the check ended instead of blocking"
             time.sleep(0.05)
         time.sleep(0.3)  # let it reach the blocking read
@@ -65,22 +65,22 @@ def test_a_check_that_kills_its_worker_is_refused_after_max_attempts(tmp_path, f
     for attempt in (1, 2):
         kill_a_check_mid_way(store, storage, record.id, attempt, max_attempts=2)
     validate_scan(store, record.id, max_attempts=2)  # the third delivery: refused without reading anything
-    outcome = store.records.get(record.id).validation
-    assert outcome["category"] == "too-large" and "started 2 times" in outcome["message"]
+    outcome = UploadCheck.model_validate(store.records.get(record.id).validation)
+    assert outcome.ok is False and outcome.category == "too-large" and "started 2 times" in outcome.message
     # The gateway had queued the scan anyway (it stopped waiting): the scan fails with the same reason, unrun.
     settings = Settings(storage=storage, max_attempts=2)
     assert execute_scan(store, settings, record.id) == ScanState.failed
-    assert store.records.get(record.id).error["message"] == outcome["message"]
+    assert store.records.get(record.id).error["message"] == outcome.message
 
 
 def test_a_finished_check_is_not_run_again(tmp_path, fixtures):
     store = open_store(tmp_path / "storage")
     record = add_scan(store, tmp_path, fixtures)
     validate_scan(store, record.id)
-    assert store.records.get(record.id).validation == {"ok": True}
+    assert UploadCheck.model_validate(store.records.get(record.id).validation).ok is True
     store.input_path(record, "clean_data").unlink()  # a second run would now fail
     validate_scan(store, record.id)
-    assert store.records.get(record.id).validation == {"ok": True}
+    assert UploadCheck.model_validate(store.records.get(record.id).validation).ok is True
 
 
 def test_the_address_space_limit_turns_a_runaway_allocation_into_memory_error():

@@ -54,7 +54,8 @@ class FileKind(StrEnum):
 
 
 class _Decompressor(Protocol):
-    eof: bool
+    @property
+    def eof(self) -> bool: ...
 
     def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
 

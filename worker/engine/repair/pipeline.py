@@ -7,7 +7,6 @@ evaluation set is given. Poisoned data only ever reports attack success; it neve
 """
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,18 +17,16 @@ from schemas.scan import ScanOptions
 from worker.core.errors import DataError
 from worker.core.limits import batch_within_budget
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Preprocessing, read_dataset
-from worker.engine.formats.keras_h5 import write_keras_h5
-from worker.engine.formats.onnx_export import export_onnx
+from worker.engine.data import read_dataset
+from worker.engine.formats import write_model
+from worker.engine.preprocess import Preprocessing
 from worker.engine.repair.finetune import fine_tune
 from worker.engine.repair.goodnet import GoodNet, evaluate_goodnet, export_goodnet_onnx
 from worker.engine.repair.layers import pruned_copy, resolve_prune_layer
 from worker.engine.repair.plot import plot_repair
 from worker.engine.repair.ranking import rank_channels
 from worker.engine.repair.sweep import EvalSet, accuracy, prune_sweep
-
-if TYPE_CHECKING:
-    from worker.engine.scan import ScanInputs, Stages
+from worker.engine.stages import ScanInputs, Stages
 
 MIN_SAMPLES = 10
 FINE_TUNE_VALIDATION = 0.2
@@ -56,7 +53,7 @@ def split(data: EvalSet, fraction: float, seed: int, what: str) -> tuple[EvalSet
     return EvalSet(data.x[rest], data.y[rest]), EvalSet(data.x[part], data.y[part])
 
 
-def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions, preprocessing: Preprocessing,
+def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, preprocessing: Preprocessing,
                out_dir: Path, stages: "Stages") -> tuple[RepairReport, list[GoodNetResult]]:
     opts = options.repair
     with stages.stage("data", 0.1):
@@ -87,7 +84,6 @@ def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions
                         attack_success_rate=sweep.accuracy["poisoned"][k] if poisoned else None)
              for k in range(len(ranking.order) + 1)]
     models, goodnets, candidates = [], [], []
-    ext = ".h5" if model.signature.format == ModelFormat.keras_h5 else ".onnx"
     for i, threshold in enumerate(opts.thresholds):
         with stages.stage("repair", 0.5 + 0.45 * i / len(opts.thresholds)):
             k = sweep.first_drop("decision", threshold)
@@ -95,22 +91,22 @@ def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions
                 models.append(RepairedModel(threshold=threshold, reached=False))
                 continue
             repaired = pruned_copy(model, layer, ranking.order[:k])
-            epochs = None
+            epochs = best_epoch = heldout = None
             if opts.fine_tune:
                 tuned = fine_tune(repaired, layer, ranking.order[:k], tune_train, tune_val,
                                   epochs=opts.fine_tune_epochs, learning_rate=opts.fine_tune_learning_rate,
                                   seed=opts.seed, batch_size=tune_batch)
-                repaired, epochs = tuned.model, opts.fine_tune_epochs
+                repaired, epochs, best_epoch = tuned.model, opts.fine_tune_epochs, tuned.best_epoch
+                heldout = tuned.validation_accuracy[tuned.best_epoch - 1]
             tag = f"drop{threshold:g}"
-            artifact = f"repaired_{tag}{ext}"
-            if ext == ".h5":
-                write_keras_h5(repaired, inputs.model, out_dir / artifact)
-                export_onnx(repaired, out_dir / f"repaired_{tag}.onnx")
-            else:
-                export_onnx(repaired, out_dir / artifact)
+            source_format = model.signature.format
+            artifact = write_model(repaired, source_format, inputs.model, out_dir / f"repaired_{tag}").name
+            if source_format != ModelFormat.onnx:  # and always as ONNX too
+                write_model(repaired, ModelFormat.onnx, inputs.model, out_dir / f"repaired_{tag}")
             models.append(RepairedModel(
                 threshold=threshold, reached=True, channels_pruned=k, fine_tuned=opts.fine_tune,
-                fine_tune_epochs=epochs, clean_accuracy=accuracy(repaired, evaluation, batch),
+                fine_tune_epochs=epochs, fine_tune_best_epoch=best_epoch, fine_tune_heldout_accuracy=heldout,
+                clean_accuracy=accuracy(repaired, evaluation, batch),
                 attack_success_rate=accuracy(repaired, poisoned, batch) if poisoned else None, artifact=artifact,
                 onnx_artifact=f"repaired_{tag}.onnx"))
         if options.goodnet:
