@@ -4,7 +4,9 @@ File names are chosen by the uploader and prove nothing: a pickle renamed ``mode
 Sniffing reads a few KB (a little more for compressed streams and zip members) and decides between the
 two formats bdscreen reads (Keras HDF5 and ONNX), formats it refuses because loading them can run code
 (Python pickles, raw, compressed or inside a zip such as PyTorch's ``torch.save`` files, and NumPy object
-arrays), and everything else, which it cannot read.
+arrays), and everything else, which it cannot read. A model is also refused when it is two formats at once
+(foreign bytes in an HDF5 user block or past its end, a zip appended: :mod:`worker.core.polyglot`) and when an
+ONNX model keeps weights in other files (:mod:`worker.core.onnx_external`, a walk of the whole protobuf).
 """
 
 import bz2
