@@ -26,6 +26,9 @@ _TENSOR_NAME, _TENSOR_LOCATION_FIELD, _EXTERNAL = 8, 14, 1
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 #: Nested messages followed; a real model nests a few levels, a hostile one could nest thousands.
 MAX_DEPTH = 64
+#: Fields looked at in the messages walked; past it the walk stops (the gateway's time is bounded) and the
+#: worker's ONNX reader, which refuses external data too and limits nodes, decides.
+MAX_FIELDS = 2_000_000
 
 
 class MalformedProtobuf(ValueError):
@@ -48,6 +51,7 @@ def external_tensors(path: Path, limit: int = 3) -> list[tuple[str, str]]:
 def _walk(data: memoryview, limit: int) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     stack = [("model", 0, len(data), 0)]
+    fields = 0
     while stack and len(found) < limit:
         kind, start, end, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -55,6 +59,9 @@ def _walk(data: memoryview, limit: int) -> list[tuple[str, str]]:
         children = _CHILDREN[kind]
         name, location, external = "", "", False
         for number, wire, value in _fields(data, start, end):
+            fields += 1
+            if fields > MAX_FIELDS:
+                raise MalformedProtobuf(f"more than {MAX_FIELDS:,} fields")
             if wire == 2 and number in children:
                 stack.append((children[number], value[0], value[1], depth + 1))
             if kind == "tensor" and number == _TENSOR_NAME and wire == 2:
