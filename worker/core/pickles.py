@@ -11,6 +11,7 @@ calling opcode with the operands it needs. Nothing is imported or called: ``pick
 import io
 import pickle
 import pickletools
+import warnings
 
 # Opcodes by which a pickle imports a callable: REDUCE, BUILD, OBJ... can only call what was imported, and the
 # EXT opcodes only name entries of copyreg's extension registry, which is empty unless a program fills it.
@@ -20,6 +21,8 @@ IMPORTING_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST"})
 _MIN_HEADERLESS_OPCODES = 16
 _MIN_FINISHED_OPCODES = 4
 _MARK = pickletools.markobject
+# Decoding a STRING argument of arbitrary bytes makes pickletools warn about escape sequences; it is data here.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="pickletools")
 _SLICE = pickletools.stackslice
 
 
