@@ -94,3 +94,40 @@ def test_the_address_space_limit_turns_a_runaway_allocation_into_memory_error():
 @pytest.mark.parametrize("megabytes", [0])
 def test_no_limit_when_disabled(megabytes):
     assert limit_address_space(megabytes) is False
+
+
+SCAN_CHILD = """
+import sys
+from pathlib import Path
+from worker.core.limits import limit_address_space
+assert limit_address_space(2048)
+from worker.core.settings import Settings
+from worker.core.store import open_store
+from worker.jobs import execute_scan
+storage = Path(sys.argv[1])
+print(execute_scan(open_store(storage), Settings(storage=storage), sys.argv[2]))
+"""
+
+
+def test_an_unforeseen_bomb_under_the_address_space_limit_fails_its_scan(tmp_path, fixtures):
+    """With the memory budget set out of the way, the data file's 600 MB of fill value (2.4 GB as float32) meets
+    the address-space limit: MemoryError, the scan fails as too-large, and the process lives to say so."""
+    import h5py
+
+    storage = tmp_path / "storage"
+    store = open_store(storage)
+    record = add_scan(store, tmp_path, fixtures)
+    bomb = store.input_path(record, "clean_data")
+    bomb.unlink()
+    rows = 600_000_000 // 784
+    with h5py.File(bomb, "w") as h5:
+        h5.create_dataset("data", shape=(rows, 28, 28), dtype="u1", fillvalue=3, chunks=(4096, 28, 28))
+        h5.create_dataset("label", shape=(rows,), dtype="u1", fillvalue=1, chunks=(1 << 16,))
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(PYTHONPATH=str(ROOT), BDSCREEN_MEMORY_BUDGET_MB="100000")
+    result = subprocess.run([sys.executable, "-c", SCAN_CHILD, str(storage), record.id], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("failed")
+    error = store.records.get(record.id).error
+    assert error["category"] == "too-large" and "memory" in error["message"]
