@@ -102,3 +102,14 @@ def test_a_canary_object_array_in_data_never_unpickles(tmp_path):
     with pytest.raises(InputError, match="Python objects"):
         read_dataset(path, signature)
     assert not (tmp_path / "ran").exists()
+
+
+def test_the_cli_refuses_every_hostile_model_with_exit_2_and_its_reason(corpus, capsys):
+    from cli.main import main
+
+    cases, canary, _ = corpus
+    for case in (c for c in cases if c.kind == "model"):
+        assert main(["inspect", str(case.path)]) == 2, case.name
+        err = capsys.readouterr().err
+        assert err.startswith(f"bdscreen: {case.category}: ") and "Traceback" not in err, (case.name, err)
+    assert not canary.exists()
