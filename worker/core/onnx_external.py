@@ -95,6 +95,7 @@ def _text(data: memoryview, span: tuple[int, int]) -> str:
 def _fields(data: memoryview, start: int, end: int):
     """Yield (field number, wire type, value): an int for varints, a (start, end) span for length-delimited."""
     position = start
+    value: int | tuple[int, int] | None
     while position < end:
         tag, position = _varint(data, position, end)
         number, wire = tag >> 3, tag & 7

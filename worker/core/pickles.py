@@ -56,18 +56,21 @@ def _run_opcodes(prefix: bytes) -> tuple[list[str], int, int | None]:
     stream = io.BytesIO(prefix)
     names: list[str] = []
     highest, declared = 0, None
-    depth, marks = 0, []
+    depth = 0
+    marks: list[int] = []
     try:
         for opcode, argument, _position in pickletools.genops(stream):
             if not names and opcode.name == "PROTO":
-                if not 0 <= int(argument) <= pickle.HIGHEST_PROTOCOL:
+                protocol = int(argument)  # type: ignore[arg-type]  # PROTO always carries an int
+                if not 0 <= protocol <= pickle.HIGHEST_PROTOCOL:
                     break  # the unpickler refuses an unknown protocol before anything else
-                declared = int(argument)
+                declared = protocol
             if opcode.name in ("GLOBAL", "INST") and not _is_import_argument(argument):
                 break  # the unpickler fails to import it
-            depth = _stack_after(opcode, depth, marks)
-            if depth is None:
+            after = _stack_after(opcode, depth, marks)
+            if after is None:
                 break  # stack underflow: the unpickler fails here, before this opcode acts
+            depth = after
             names.append(opcode.name)
             highest = max(highest, opcode.proto)
             if opcode.name == "STOP":
