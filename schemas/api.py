@@ -56,13 +56,19 @@ class ScanError(BaseModel):
 
 
 class UploadCheck(BaseModel):
-    """The outcome of the upload check on the cpu queue: accepted, or refused with the category and why."""
+    """The upload check on the cpu queue: accepted, refused with the category and why, or (``ok`` None) started
+    ``attempts`` times without an outcome, which a check whose worker died leaves behind."""
 
-    ok: bool
+    ok: bool | None = None
     category: ErrorCategory | None = None
     message: str | None = None
+    attempts: int = 0
     not_applicable: dict[str, str] = Field(default_factory=dict,
                                            description="Requested detectors that cannot judge the model, and why.")
+
+    @property
+    def finished(self) -> bool:
+        return self.ok is not None
 
 
 class UploadedFile(BaseModel):
