@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from schemas.scan import ScanOptions
-from worker.core.errors import DataError, OptionError, refuse_inapplicable  # noqa: F401 - re-exported
+from worker.core.errors import DataError, InputError, OptionError, refuse_inapplicable  # noqa: F401 - re-exported
 from worker.engine.canonical import CanonicalModel
 from worker.engine.data import read_dataset
 from worker.engine.detect import DETECTORS, DetectionContext
@@ -51,8 +51,10 @@ def preflight(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions) -
         if path is not None:
             try:
                 result.samples[name] = read_dataset(path, signature, max_samples=CHECK_SAMPLES).total
-            except DataError as exc:
-                raise DataError(f"{flag}: {exc.message}") from None
+            except InputError as exc:  # the same error (and category), saying which file
+                exc.message = f"{flag}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
     if inputs.clean_data is not None and options.repair.enabled:
         _check_split(result.samples, options)
         layer = options.repair.layer
