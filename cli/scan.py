@@ -112,7 +112,23 @@ def options_from_args(args: argparse.Namespace) -> ScanOptions:
         raise OptionError(f"{where}: {first['msg']}") from None
 
 
+def check_requested_work(args: argparse.Namespace) -> None:
+    """Refuse repair flags, --eval-data and --poisoned-data without --clean-data (exit 2), rather than drop them."""
+    from worker.core.errors import OptionError
+
+    if args.clean_data is not None:
+        return
+    given = [f"--{flag.replace('_', '-')}" for flag, (path, _) in FLAG_OPTIONS.items()
+             if path[0] == "repair" and flag != "no_repair" and getattr(args, flag, None) is not None]
+    given += [flag for flag, value in (("--eval-data", args.eval_data), ("--poisoned-data", args.poisoned_data))
+              if value is not None]
+    if given:
+        raise OptionError(f"{', '.join(given)} given without --clean-data: repair needs clean labelled samples. "
+                          "Add --clean-data FILE, or leave these out for detection only.")
+
+
 def run_scan_command(args: argparse.Namespace) -> int:
+    check_requested_work(args)
     options = options_from_args(args)
     if args.server:
         from cli.client import run_remote_scan
@@ -130,9 +146,9 @@ def run_scan_command(args: argparse.Namespace) -> int:
     progress = None if args.json else _print_progress
     if args.out is None:
         with tempfile.TemporaryDirectory(prefix="bdscreen-") as tmp:
-            report = run_scan(inputs, options, Path(tmp), progress)
+            report = run_scan(inputs, options, Path(tmp), progress, strict_detectors=args.detectors is not None)
     else:
-        report = run_scan(inputs, options, args.out, progress)
+        report = run_scan(inputs, options, args.out, progress, strict_detectors=args.detectors is not None)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:

@@ -2,7 +2,7 @@
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DetectorName(StrEnum):
@@ -17,7 +17,14 @@ class PruneCriterion(StrEnum):
     random = "random"
 
 
-class PreprocessingOptions(BaseModel):
+class StrictOptions(BaseModel):
+    """An unknown key is an error, never silently ignored: a typo such as ``preprocesing`` must not run a scan
+    with default scaling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PreprocessingOptions(StrictOptions):
     """The model's own input scaling, declared by the user: x -> (x / divide_by - mean) / std."""
 
     divide_by: float = Field(default=1.0, gt=0)
@@ -33,7 +40,7 @@ class PreprocessingOptions(BaseModel):
         return value
 
 
-class RepairOptions(BaseModel):
+class RepairOptions(StrictOptions):
     enabled: bool = True
     layer: str | None = Field(default=None, description="Conv layer to prune; default: see the README.")
     criterion: PruneCriterion = PruneCriterion.mean
@@ -58,7 +65,7 @@ class RepairOptions(BaseModel):
         return sorted(set(value))
 
 
-class ScanOptions(BaseModel):
+class ScanOptions(StrictOptions):
     preprocessing: PreprocessingOptions = Field(default_factory=PreprocessingOptions)
     detectors: list[DetectorName] = Field(default_factory=lambda: [DetectorName.ulp])
     repair: RepairOptions = Field(default_factory=RepairOptions)

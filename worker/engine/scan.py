@@ -39,13 +39,21 @@ def preprocessing_of(options: ScanOptions) -> Preprocessing:
 
 
 def run_scan(inputs: ScanInputs, options: ScanOptions, out_dir: Path, progress: ProgressFn | None = None,
-             device: torch.device | None = None) -> ScanReport:
-    """Screen, repair and wrap one model; writes artifacts and ``report.json`` into ``out_dir``."""
+             device: torch.device | None = None, strict_detectors: bool = False) -> ScanReport:
+    """Screen, repair and wrap one model; writes artifacts and ``report.json`` into ``out_dir``.
+
+    With ``strict_detectors`` (the user named the detectors) a named detector that cannot judge the model is
+    an OptionError before any work, rather than a not-applicable finding."""
+    from worker.engine.preflight import preflight, refuse_inapplicable
+
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device or default_device()
     stages = Stages(progress)
     with stages.stage("load", 0.0):
         model = read_model(inputs.model, inputs.architecture).to(device)
+        checked = preflight(model, inputs, options)
+        if strict_detectors:
+            refuse_inapplicable(checked.not_applicable)
     preprocessing = preprocessing_of(options)
     clean = None
     if inputs.clean_data is not None:

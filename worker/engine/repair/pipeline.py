@@ -127,7 +127,7 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
                                            attack_success_rate=curve[0].attack_success_rate),
                           curve=curve, models=models, recommendation=recommendation)
     with stages.stage("write", 0.97):
-        plot_repair(report, out_dir / "repair_curve.png", f"{inputs.model.name}: pruning {layer}")
+        plot_repair(report, out_dir / "repair_curve.png", f"{inputs.model_name or inputs.model.name}: pruning {layer}")
     return report, goodnets
 
 
