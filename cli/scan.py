@@ -9,7 +9,15 @@ import tempfile
 from pathlib import Path
 
 from schemas.report import ScanReport, Verdict
-from schemas.scan import DetectorName, PreprocessingOptions, PruneCriterion, RepairOptions, ScanOptions
+from schemas.scan import (
+    DetectorName,
+    GoodNetRule,
+    PreprocessingOptions,
+    PruneCriterion,
+    RepairMethod,
+    RepairOptions,
+    ScanOptions,
+)
 
 EXIT_BY_VERDICT = {Verdict.clean: 0, Verdict.backdoored: 1, Verdict.inconclusive: 3}
 
@@ -49,9 +57,18 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], default="mean")
     repair.add_argument("--thresholds", type=_floats, default=[2.0, 4.0, 10.0],
                         help="clean-accuracy drops in percentage points (default 2,4,10)")
-    repair.add_argument("--fine-tune", action="store_true", help="fine-tune after pruning (fine-pruning)")
-    repair.add_argument("--fine-tune-epochs", type=int, default=20)
-    repair.add_argument("--fine-tune-lr", type=float, default=1e-2, help="peak learning rate (cosine to 0)")
+    repair.add_argument("--repair-method", choices=[m.value for m in RepairMethod], default="auto",
+                        help="auto (default): unlearn the reversed trigger, with and without pruning, and pick the "
+                             "best on clean data; unlearn; adversarial (label-agnostic); prune (the seed's)")
+    repair.add_argument("--fine-tune", action="store_true", help="also fine-tune every pruned model (fine-pruning)")
+    repair.add_argument("--fine-tune-epochs", type=int, default=8)
+    repair.add_argument("--fine-tune-lr", type=float, default=None,
+                        help="peak learning rate (cosine to 0); default: found for the model")
+    repair.add_argument("--max-accuracy-drop", type=float, default=1.0,
+                        help="points of clean accuracy a recommended repair may lose (default 1)")
+    repair.add_argument("--goodnet-rule", choices=[r.value for r in GoodNetRule], default="targets",
+                        help="targets (default): flag disagreements where the original answers a suspected target; "
+                             "disagree: flag every disagreement (the seed's rule)")
     repair.add_argument("--holdout", type=float, default=0.3, help="held-out fraction of --clean-data")
     repair.add_argument("--no-goodnet", action="store_true", help="do not build GoodNets")
     repair.add_argument("--seed", type=int, default=0)
@@ -82,7 +99,8 @@ def options_from_args(args: argparse.Namespace) -> ScanOptions:
             detectors=[DetectorName(d) for d in detectors],
             repair=RepairOptions(layer=args.layer, criterion=args.criterion, thresholds=args.thresholds,
                                  fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
-                                 fine_tune_learning_rate=args.fine_tune_lr,
+                                 fine_tune_learning_rate=args.fine_tune_lr, method=args.repair_method,
+                                 max_accuracy_drop=args.max_accuracy_drop, goodnet_rule=args.goodnet_rule,
                                  holdout_fraction=args.holdout, seed=args.seed),
             goodnet=not args.no_goodnet)
     except (ValidationError, ValueError) as exc:
@@ -142,22 +160,28 @@ def describe_report(report: ScanReport, out: Path | None) -> str:
         lines += ["", f"repair: pruning {r.layer} ({r.criterion} order); decision data {r.split.decision_samples}, "
                       f"evaluation {r.split.evaluation_samples} ({r.split.evaluation_source})",
                   f"  baseline: clean accuracy {_pct(r.baseline.clean_accuracy)}, "
-                  f"attack success {_pct(r.baseline.attack_success_rate)}",
-                  f"  {'drop':>6} {'pruned':>7} {'clean acc':>10} {'attack':>8}   artifact"]
+                  f"attack success {_pct(r.baseline.attack_success_rate)}, "
+                  f"estimated (reversed trigger) {_pct(r.baseline.estimated_attack_success_rate)}",
+                  f"  {'repair':<16} {'pruned':>7} {'clean acc':>10} {'attack':>8} {'estimate':>9}   artifact"]
         for m in r.models:
-            if not m.reached:
-                lines.append(f"  {m.threshold:>5g}% {'not reached: no pruning step dropped accuracy that far':>40}")
+            if m.warning and m.shares_repair_with is None:
+                lines.append(f"  {m.name:<16} not offered: {m.warning}")
                 continue
-            lines.append(f"  {m.threshold:>5g}% {m.channels_pruned:>7} {_pct(m.clean_accuracy):>10} "
-                         f"{_pct(m.attack_success_rate):>8}   {m.artifact}{' (fine-tuned)' if m.fine_tuned else ''}")
+            mark = "  <- recommended" if m.recommended else ""
+            lines.append(f"  {m.name:<16} {m.channels_pruned if m.channels_pruned is not None else '-':>7} "
+                         f"{_pct(m.clean_accuracy):>10} {_pct(m.attack_success_rate):>8} "
+                         f"{_pct(m.estimated_attack_success_rate):>9}   {m.artifact} ({m.method}){mark}")
+        if r.nothing_worked:
+            lines.append("  NOTHING WORKED: use neither a repaired model nor a GoodNet from this scan.")
+        if r.recommendation:
+            lines.append(f"  {r.recommendation}")
     if report.goodnets:
-        lines += ["", f"  {'goodnet':>7} {'clean acc':>10} {'false alarm':>12} {'detection':>10} {'attack':>8}"]
+        lines += ["", f"  {'goodnet':<16} {'clean acc':>10} {'false alarm':>12} {'detection':>10} {'estimate':>9}"]
         for g in report.goodnets:
             mark = "  <- recommended" if g.recommended else ""
-            lines.append(f"  {g.threshold:>6g}% {_pct(g.clean_accuracy):>10} {_pct(g.false_alarm_rate):>12} "
-                         f"{_pct(g.detection_rate):>10} {_pct(g.attack_success_rate):>8}   {g.artifact}{mark}")
-        if report.repair and report.repair.recommendation:
-            lines.append(f"  recommended {report.repair.recommendation}")
+            lines.append(f"  {g.name:<16} {_pct(g.clean_accuracy):>10} {_pct(g.false_alarm_rate):>12} "
+                         f"{_pct(g.detection_rate):>10} {_pct(g.estimated_detection_rate):>9}   {g.artifact} "
+                         f"(rule {g.rule}){mark}")
     if out is not None:
         lines += ["", f"artifacts in {out}: " + ", ".join(a.name for a in report.artifacts)]
     return "\n".join(lines)

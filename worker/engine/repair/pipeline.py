@@ -1,9 +1,11 @@
-"""The repair stage of a scan: split the data, rank, sweep, prune (and fine-tune), wrap, write.
+"""The repair stage of a scan: split the data, rank, sweep, build the candidate repairs, choose one, wrap, write.
 
-Honest evaluation: the clean data is split once, deterministically (seeded), into a decision part
-that drives every choice (ranking, thresholds, fine-tuning and its early stopping, the GoodNet
-recommendation) and a held-out part behind every reported clean figure, unless a separate clean
-evaluation set is given. Poisoned data only ever reports attack success; it never chooses anything.
+Honest evaluation: the clean data is split once, deterministically (seeded), into a decision part that drives
+every choice and a held-out part behind every reported clean figure, unless a separate clean evaluation set is
+given. The decision part is split again: fine-tuning trains on one piece and every choice (guard, kept epoch,
+learning rate, the recommended repair) is scored on the other. The reversed triggers come from the scan's
+detectors (``context.triggers``); when there are none the repair runs its own quick search
+(:mod:`worker.engine.repair.trigger_search`). Poisoned data only ever reports attack success, after the choice.
 """
 
 from pathlib import Path
@@ -13,137 +15,169 @@ import numpy as np
 import torch
 
 from schemas.models import ModelFormat
-from schemas.report import CurvePoint, DataSplit, GoodNetResult, Metrics, RepairedModel, RepairReport
-from schemas.scan import ScanOptions
+from schemas.report import CurvePoint, DataSplit, GoodNetResult, Metrics, RepairedModel, RepairReport, TriggerSummary
+from schemas.scan import GoodNetRule, RepairMethod, ScanOptions
 from worker.core.errors import DataError
 from worker.engine.canonical import CanonicalModel
 from worker.engine.data import Preprocessing, read_dataset
+from worker.engine.detect.trigger import ReversedTrigger
 from worker.engine.formats.keras_h5 import write_keras_h5
 from worker.engine.formats.onnx_export import export_onnx
-from worker.engine.repair.finetune import fine_tune
-from worker.engine.repair.goodnet import GoodNet, evaluate_goodnet, export_goodnet_onnx
-from worker.engine.repair.layers import pruned_copy, resolve_prune_layer
+from worker.engine.preprocess import model_input, to_images
+from worker.engine.repair.candidates import Built, RepairData, build_candidates
+from worker.engine.repair.choose import choose
+from worker.engine.repair.goodnet import GoodNet, evaluate_goodnet, export_goodnet_onnx, goodnet_labels
+from worker.engine.repair.layers import resolve_prune_layer
 from worker.engine.repair.plot import plot_repair
 from worker.engine.repair.ranking import rank_channels
-from worker.engine.repair.sweep import EvalSet, accuracy, prune_sweep
+from worker.engine.repair.raw import RawSet, clean_accuracy, trigger_success
+from worker.engine.repair.sweep import EvalSet, prune_sweep
+from worker.engine.repair.trigger_search import search_triggers
 
 if TYPE_CHECKING:
     from worker.engine.scan import ScanInputs, Stages
 
 MIN_SAMPLES = 10
-FINE_TUNE_VALIDATION = 0.2
+VALIDATION_FRACTION = 0.2
 
 
-def load_set(path: Path, model: CanonicalModel, preprocessing: Preprocessing, what: str) -> EvalSet:
+def load_raw(path: Path, model: CanonicalModel, what: str) -> RawSet:
     data = read_dataset(path, model.signature)
     if len(data) == 0:
         raise DataError(f"the {what} ({path.name}) holds no samples.")
-    x = preprocessing.apply(data.x, model.signature.input_layout)
-    return EvalSet(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(data.y))
+    return RawSet(torch.from_numpy(to_images(data.x, model.signature)), torch.from_numpy(data.y))
 
 
-def split(data: EvalSet, fraction: float, seed: int, what: str) -> tuple[EvalSet, EvalSet]:
+def as_eval_set(data: RawSet, model: CanonicalModel, preprocessing: Preprocessing) -> EvalSet:
+    """Preprocessed, in the model's layout: what the pruning sweep feeds the model."""
+    return EvalSet(model_input(data.x, preprocessing, model.signature.input_layout), data.y)
+
+
+def split(data: RawSet, fraction: float, seed: int, what: str) -> tuple[RawSet, RawSet]:
     """(rest, part) where ``part`` is a seeded random ``fraction`` of ``data``."""
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(data)))
     n_part = int(round(fraction * len(data)))
     if n_part < MIN_SAMPLES or len(data) - n_part < MIN_SAMPLES:
         raise DataError(f"the {what} has {len(data)} samples: too few to split into parts of at least "
                         f"{MIN_SAMPLES} ({fraction:.0%} held out); give more clean data or a separate --eval-data.")
-    part, rest = order[:n_part], order[n_part:]
-    return EvalSet(data.x[rest], data.y[rest]), EvalSet(data.x[part], data.y[part])
+    return data.part(order[n_part:]), data.part(order[:n_part])
 
 
 def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions, preprocessing: Preprocessing,
-               out_dir: Path, stages: "Stages") -> tuple[RepairReport, list[GoodNetResult]]:
+               out_dir: Path, stages: "Stages", triggers: list[ReversedTrigger] | None = None
+               ) -> tuple[RepairReport, list[GoodNetResult]]:
     opts = options.repair
     with stages.stage("data", 0.1):
         layer = resolve_prune_layer(model, opts.layer)
-        clean = load_set(inputs.clean_data, model, preprocessing, "clean data")
+        clean = load_raw(inputs.clean_data, model, "clean data")
         if inputs.eval_data is not None:
-            decision, evaluation, source = clean, load_set(inputs.eval_data, model, preprocessing, "eval data"), \
-                "eval-data"
+            decision, evaluation, source = clean, load_raw(inputs.eval_data, model, "eval data"), "eval-data"
         else:
             decision, evaluation = split(clean, opts.holdout_fraction, opts.seed, "clean data")
             source = "held-out"
-        poisoned = None if inputs.poisoned_data is None else \
-            load_set(inputs.poisoned_data, model, preprocessing, "poisoned data")
-        tune_train, tune_val = split(decision, FINE_TUNE_VALIDATION, opts.seed + 1, "decision data") \
-            if opts.fine_tune else (decision, decision)
+        poisoned = None if inputs.poisoned_data is None else load_raw(inputs.poisoned_data, model, "poisoned data")
+        train, validation = split(decision, VALIDATION_FRACTION, opts.seed + 1, "decision data")
+        data = RepairData(train, validation, preprocessing)
+    triggers, found_by = list(triggers or []), "detector"
+    if not triggers and opts.method in (RepairMethod.auto, RepairMethod.unlearn):
+        with stages.stage("trigger search", 0.12):
+            triggers, found_by = search_triggers(model, preprocessing, train, validation, seed=opts.seed), "repair"
     with stages.stage("rank", 0.15):
-        ranking = rank_channels(model, layer, decision.x, opts.criterion, batch_size=options.batch_size,
+        decision_set = as_eval_set(decision, model, preprocessing)
+        ranking = rank_channels(model, layer, decision_set.x, opts.criterion, batch_size=options.batch_size,
                                 seed=opts.seed)
     with stages.stage("sweep", 0.2):
-        sets = {"decision": decision, "evaluation": evaluation} | ({"poisoned": poisoned} if poisoned else {})
+        sets = {"decision": decision_set, "evaluation": as_eval_set(evaluation, model, preprocessing)}
+        if poisoned:
+            sets["poisoned"] = as_eval_set(poisoned, model, preprocessing)
         sweep = prune_sweep(model, layer, ranking.order, sets, batch_size=options.batch_size)
     curve = [CurvePoint(channels_pruned=k, decision_accuracy=sweep.accuracy["decision"][k],
                         clean_accuracy=sweep.accuracy["evaluation"][k],
                         attack_success_rate=sweep.accuracy["poisoned"][k] if poisoned else None)
              for k in range(len(ranking.order) + 1)]
-    models, goodnets, candidates = [], [], []
-    ext = ".h5" if model.signature.format == ModelFormat.keras_h5 else ".onnx"
-    for i, threshold in enumerate(opts.thresholds):
-        with stages.stage("repair", 0.5 + 0.45 * i / len(opts.thresholds)):
-            k = sweep.first_drop("decision", threshold)
-            if k is None:
-                models.append(RepairedModel(threshold=threshold, reached=False))
-                continue
-            repaired = pruned_copy(model, layer, ranking.order[:k])
-            epochs = None
-            if opts.fine_tune:
-                tuned = fine_tune(repaired, layer, ranking.order[:k], tune_train, tune_val,
-                                  epochs=opts.fine_tune_epochs, learning_rate=opts.fine_tune_learning_rate,
-                                  seed=opts.seed)
-                repaired, epochs = tuned.model, opts.fine_tune_epochs
-            tag = f"drop{threshold:g}"
-            artifact = f"repaired_{tag}{ext}"
-            if ext == ".h5":
-                write_keras_h5(repaired, inputs.model, out_dir / artifact)
-                export_onnx(repaired, out_dir / f"repaired_{tag}.onnx")
-            else:
-                export_onnx(repaired, out_dir / artifact)
-            models.append(RepairedModel(
-                threshold=threshold, reached=True, channels_pruned=k, fine_tuned=opts.fine_tune,
-                fine_tune_epochs=epochs, clean_accuracy=accuracy(repaired, evaluation),
-                attack_success_rate=accuracy(repaired, poisoned) if poisoned else None, artifact=artifact,
-                onnx_artifact=f"repaired_{tag}.onnx"))
-        if options.goodnet:
-            with stages.stage("goodnet", 0.5 + 0.45 * (i + 0.5) / len(opts.thresholds)):
-                goodnet = GoodNet(model, repaired)
-                metrics = evaluate_goodnet(goodnet, evaluation.x, evaluation.y,
-                                           poisoned.x if poisoned else None, poisoned.y if poisoned else None)
-                decision_alarms = evaluate_goodnet(goodnet, tune_val.x, tune_val.y).false_alarm_rate
-                export_goodnet_onnx(goodnet, out_dir / f"goodnet_{tag}.onnx")
-                goodnets.append(GoodNetResult(threshold=threshold, artifact=f"goodnet_{tag}.onnx",
-                                              **metrics.__dict__))
-                candidates.append((k, decision_alarms, len(goodnets) - 1))
-    recommendation = _recommend(goodnets, candidates, opts.max_false_alarm)
-    report = RepairReport(layer=layer, criterion=str(opts.criterion), order=ranking.order,
-                          split=DataSplit(decision_samples=len(decision), evaluation_samples=len(evaluation),
-                                          evaluation_source=source, poisoned_samples=len(poisoned or [])),
-                          baseline=Metrics(clean_accuracy=curve[0].clean_accuracy,
-                                           attack_success_rate=curve[0].attack_success_rate),
-                          curve=curve, models=models, recommendation=recommendation)
+    built = build_candidates(model, layer, sweep, data, triggers, opts,
+                             lambda name: stages.stage(f"repair:{name}", 0.3))
+    original_accuracy = clean_accuracy(model, validation, preprocessing)
+    original_estimate = trigger_success(model, validation, preprocessing, triggers)
+    # The choice sees only the validation part of the decision data; poisoned figures are computed after it.
+    unique = [b for b in built if b.shares_repair_with is None]
+    choice = choose(unique, original_accuracy, original_estimate, opts.max_accuracy_drop)
+    winner = None if choice.index is None else unique[choice.index]
+    targets = sorted({t.target for t in triggers}) if opts.goodnet_rule == GoodNetRule.targets else []
+    models, goodnets = [], []
+    with stages.stage("write", 0.9):
+        for b in built:
+            models.append(_describe(b, b is winner, model, inputs, out_dir, evaluation, poisoned, data, triggers))
+            # GoodNets for the recommended repair and the pruned thresholds (the seed's); not for losing unlearners.
+            wanted = b is winner or (b.threshold is not None and not b.fine_tuned)
+            if options.goodnet and wanted and b.model is not None and b.shares_repair_with is None:
+                goodnets.append(_goodnet(model, b, b is winner, targets, out_dir, evaluation, poisoned, data,
+                                         triggers))
+    recommendation = choice.reason
+    if winner is not None and options.goodnet:
+        alarms = next(g for g in goodnets if g.recommended).false_alarm_rate
+        if alarms is not None and alarms > opts.max_false_alarm:
+            recommendation += (f"; its GoodNet raises false alarms on {alarms:.2%} of held-out clean inputs, above "
+                               f"the {opts.max_false_alarm:.0%} budget")
+    report = RepairReport(
+        layer=layer, criterion=str(opts.criterion), order=ranking.order,
+        split=DataSplit(decision_samples=len(decision), evaluation_samples=len(evaluation),
+                        evaluation_source=source, poisoned_samples=len(poisoned or [])),
+        baseline=Metrics(clean_accuracy=curve[0].clean_accuracy, attack_success_rate=curve[0].attack_success_rate,
+                         estimated_attack_success_rate=trigger_success(model, evaluation, preprocessing, triggers)),
+        curve=curve, models=models, recommended=winner.name if winner else None, recommendation=recommendation,
+        nothing_worked=winner is None, warnings=[b.warning for b in built if b.warning and b.fine_tuned],
+        triggers=[TriggerSummary(target=t.target, source=t.source, mask_l1=float(np.sum(t.mask)),
+                                 attack_success=t.attack_success, found_by=found_by) for t in triggers])
     with stages.stage("write", 0.97):
         plot_repair(report, out_dir / "repair_curve.png", f"{inputs.model.name}: pruning {layer}")
     return report, goodnets
 
 
-def _recommend(goodnets: list[GoodNetResult], candidates: list[tuple[int, float, int]], budget: float) -> str | None:
-    """Most channels pruned within the false-alarm budget on decision data; else the fewest false alarms.
+def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: "ScanInputs", out_dir: Path,
+              evaluation: RawSet, poisoned: RawSet | None, data: RepairData, triggers: list) -> RepairedModel:
+    """The report's row for one candidate; writes its artifacts unless it shares them or failed."""
+    entry = RepairedModel(name=b.name, method=b.method, threshold=b.threshold, reached=b.channels_pruned is not None
+                          or b.threshold is None, channels_pruned=b.channels_pruned,
+                          shares_repair_with=b.shares_repair_with, fine_tuned=b.fine_tuned,
+                          learning_rate=b.learning_rate, kept_epoch=b.kept_epoch,
+                          rejected_epochs=b.rejected_epochs, decision_accuracy=b.decision_accuracy,
+                          decision_estimated_attack_success_rate=b.estimated_attack_success,
+                          recommended=recommended, warning=b.warning)
+    if b.model is None:
+        return entry
+    entry.clean_accuracy = clean_accuracy(b.model, evaluation, data.preprocessing)
+    entry.estimated_attack_success_rate = trigger_success(b.model, evaluation, data.preprocessing, triggers)
+    if poisoned:
+        entry.attack_success_rate = clean_accuracy(b.model, poisoned, data.preprocessing)
+    owner = b.shares_repair_with or b.name
+    ext = ".h5" if original.signature.format == ModelFormat.keras_h5 else ".onnx"
+    entry.artifact, entry.onnx_artifact = f"repaired_{owner}{ext}", f"repaired_{owner}.onnx"
+    if b.shares_repair_with is None:
+        if ext == ".h5":
+            write_keras_h5(b.model, inputs.model, out_dir / entry.artifact)
+        export_onnx(b.model, out_dir / entry.onnx_artifact)
+    return entry
 
-    More pruning removes more of what clean data does not use (where backdoors hide); the budget keeps
-    the GoodNet from rejecting too many clean inputs. Only clean decision data is looked at.
-    """
-    if not candidates:
-        return None
-    within = [c for c in candidates if c[1] <= budget]
-    if within:
-        k, alarms, index = max(within, key=lambda c: (c[0], -c[1]))
-        why = (f"most channels pruned ({k}) among GoodNets whose false-alarm rate on decision data "
-               f"({alarms:.2%}) is within the {budget:.0%} budget")
-    else:
-        k, alarms, index = min(candidates, key=lambda c: (c[1], -c[0]))
-        why = (f"no GoodNet stays within the {budget:.0%} false-alarm budget on decision data; "
-               f"this one has the fewest false alarms ({alarms:.2%})")
-    goodnets[index].recommended = True
-    return f"goodnet at -{goodnets[index].threshold:g} points: {why}"
+
+def _goodnet(original: CanonicalModel, b: Built, recommended: bool, targets: list[int], out_dir: Path,
+             evaluation: RawSet, poisoned: RawSet | None, data: RepairData, triggers: list) -> GoodNetResult:
+    goodnet = GoodNet(original, b.model, targets)
+    pre = data.preprocessing
+    layout = original.signature.input_layout
+    clean_x = model_input(evaluation.x, pre, layout)
+    metrics = evaluate_goodnet(goodnet, clean_x, evaluation.y, None if poisoned is None else
+                               model_input(poisoned.x, pre, layout), None if poisoned is None else poisoned.y)
+    estimated = None
+    if triggers:  # the share of stamped held-out inputs sent to class N, the weakest trigger's
+        rates = []
+        for t in triggers:
+            keep = evaluation.y != t.target
+            labels = goodnet_labels(goodnet, model_input(t.stamp_torch(evaluation.x[keep]), pre, layout))
+            rates.append(float((labels == goodnet.num_classes).mean()))
+        estimated = min(rates)
+    artifact = f"goodnet_{b.name}.onnx"
+    export_goodnet_onnx(goodnet, out_dir / artifact)
+    return GoodNetResult(name=b.name, threshold=b.threshold, rule=goodnet.rule, targets=goodnet.targets,
+                         estimated_detection_rate=estimated, recommended=recommended, artifact=artifact,
+                         **metrics.__dict__)
