@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from schemas.scan import RepairMethod, RepairOptions
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Preprocessing
 from worker.engine.detect.trigger import ReversedTrigger
+from worker.engine.preprocess import Preprocessing
 from worker.engine.repair.choose import Candidate
 from worker.engine.repair.layers import pruned_copy
 from worker.engine.repair.raw import RawSet, clean_accuracy, trigger_success

@@ -9,7 +9,6 @@ detectors (``context.triggers``); when there are none the repair runs its own qu
 """
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,11 +18,11 @@ from schemas.report import CurvePoint, DataSplit, GoodNetResult, Metrics, Repair
 from schemas.scan import GoodNetRule, RepairMethod, ScanOptions
 from worker.core.errors import DataError
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Preprocessing, read_dataset
+from worker.engine.data import read_dataset
 from worker.engine.detect.trigger import ReversedTrigger
 from worker.engine.formats.keras_h5 import write_keras_h5
 from worker.engine.formats.onnx_export import export_onnx
-from worker.engine.preprocess import model_input, to_images
+from worker.engine.preprocess import Preprocessing, model_input, to_images
 from worker.engine.repair.candidates import Built, RepairData, build_candidates
 from worker.engine.repair.choose import choose
 from worker.engine.repair.goodnet import GoodNet, evaluate_goodnet, export_goodnet_onnx, goodnet_labels
@@ -33,9 +32,7 @@ from worker.engine.repair.ranking import rank_channels
 from worker.engine.repair.raw import RawSet, clean_accuracy, trigger_success
 from worker.engine.repair.sweep import EvalSet, prune_sweep
 from worker.engine.repair.trigger_search import search_triggers
-
-if TYPE_CHECKING:
-    from worker.engine.scan import ScanInputs, Stages
+from worker.engine.stages import ScanInputs, Stages
 
 MIN_SAMPLES = 10
 VALIDATION_FRACTION = 0.2
@@ -63,8 +60,8 @@ def split(data: RawSet, fraction: float, seed: int, what: str) -> tuple[RawSet, 
     return data.part(order[n_part:]), data.part(order[:n_part])
 
 
-def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions, preprocessing: Preprocessing,
-               out_dir: Path, stages: "Stages", triggers: list[ReversedTrigger] | None = None
+def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, preprocessing: Preprocessing,
+               out_dir: Path, stages: Stages, triggers: list[ReversedTrigger] | None = None
                ) -> tuple[RepairReport, list[GoodNetResult]]:
     opts = options.repair
     with stages.stage("data", 0.1):
@@ -134,7 +131,7 @@ def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions
     return report, goodnets
 
 
-def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: "ScanInputs", out_dir: Path,
+def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: ScanInputs, out_dir: Path,
               evaluation: RawSet, poisoned: RawSet | None, data: RepairData, triggers: list) -> RepairedModel:
     """The report's row for one candidate; writes its artifacts unless it shares them or failed."""
     entry = RepairedModel(name=b.name, method=b.method, threshold=b.threshold, reached=b.channels_pruned is not None

@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Preprocessing
-from worker.engine.preprocess import model_input
+from worker.engine.preprocess import Preprocessing, model_input
 
 
 @dataclass(frozen=True)

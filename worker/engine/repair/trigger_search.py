@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Preprocessing
 from worker.engine.detect.trigger import ReversedTrigger
-from worker.engine.preprocess import model_input
+from worker.engine.preprocess import Preprocessing, model_input
 from worker.engine.repair.raw import RawSet, trigger_success
 
 WORKS = 0.95  # share of a batch sent to the target for a mask to count as a working trigger

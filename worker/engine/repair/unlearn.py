@@ -26,8 +26,7 @@ from torch import Tensor
 
 from schemas.models import InputLayout
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Preprocessing
-from worker.engine.preprocess import model_input
+from worker.engine.preprocess import Preprocessing, model_input
 from worker.engine.repair.finetune import random_shift
 from worker.engine.repair.layers import zero_channels
 from worker.engine.repair.raw import RawSet, stamp_batch

@@ -2,7 +2,7 @@
 
 import torch
 
-from worker.engine.data import Preprocessing
+from worker.engine.preprocess import Preprocessing
 from worker.engine.repair.raw import clean_accuracy, trigger_success
 from worker.engine.repair.unlearn import TuneSettings, guarded_fine_tune
 
