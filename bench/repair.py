@@ -64,11 +64,15 @@ def scan_case(name: str, folder: Path, onnx: Path, meta: dict, held_out: bool) -
            "asr_after": chosen.attack_success_rate if chosen else None,
            "est_after": chosen.estimated_attack_success_rate if chosen else None,
            "detection": goodnet.detection_rate if goodnet else None,
+           # A GoodNet flags an input only where the original answers the target, so it cannot detect more than
+           # the original's attack success; this is its detection among the inputs the attack works on.
+           "detection_working": goodnet.detection_rate / base.attack_success_rate if goodnet else None,
            "false_alarm": goodnet.false_alarm_rate if goodnet else None,
            "est_detection": goodnet.estimated_detection_rate if goodnet else None,
            "triggers": [(t.target, round(t.mask_l1, 1)) for t in repair.triggers]}
     row["repair_ok"] = bool(chosen and row["asr_after"] <= 0.01 and row["clean_after"] >= row["clean_before"] - 0.01)
     row["goodnet_ok"] = bool(goodnet and row["detection"] >= 0.99 and row["false_alarm"] <= 0.01)
+    row["goodnet_working_ok"] = bool(goodnet and row["detection_working"] >= 0.99 and row["false_alarm"] <= 0.01)
     return row
 
 
@@ -83,24 +87,30 @@ def mnist_figures(seed: int, families: tuple[str, ...], kinds: tuple[str, ...]) 
             cases.append((f"{family} {kind}", folder, folder / "badnet.onnx", meta, seed != DEV_SEED))
     print(f"Default scans (repair method auto, GoodNet rule targets) of MNIST BadNets; fresh BadNets from seed {seed}"
           f" ({'held out: no setting was chosen on them' if seed != DEV_SEED else 'THE DEVELOPMENT SEED'}). Figures "
-          "in % on 2,000 evaluation images; 'est' = the reversed trigger's success on them (no poisoned data).")
+          "in % on 2,000 evaluation images; 'est' = the reversed trigger's success on them (no poisoned data); "
+          "'/works' = detection among the triggered inputs the attack works on; ok: R repair, G GoodNet (g: on those).")
     print(f"{'model':<22} {'tgt':>3} {'clean':>6} {'ASR':>6} {'est':>6} | {'repair':<14} {'clean':>6} {'ASR':>6} "
-          f"{'est':>6} | {'detect':>6} {'alarm':>6} {'est':>6} | {'ok':<5} {'s':>4}  trigger found (target, L1)")
+          f"{'est':>6} | {'detect':>6} {'/works':>6} {'alarm':>6} {'est':>6} | {'ok':<5} {'s':>4}  trigger found "
+          "(target, L1)")
     rows = []
     for name, folder, onnx, meta, held_out in cases:
         row = scan_case(name, folder, onnx, meta, held_out)
         rows.append(row)
-        ok = ("R" if row["repair_ok"] else "-") + ("G" if row["goodnet_ok"] else "-")
+        ok = ("R" if row["repair_ok"] else "-") + ("G" if row["goodnet_ok"] else "g" if row["goodnet_working_ok"]
+                                                   else "-")
         print(f"{name:<22} {row['target']:>3} {pct(row['clean_before'])} {pct(row['asr_before'])} "
               f"{pct(row['est_before'])} | {row['method']:<14} {pct(row['clean_after'])} {pct(row['asr_after'])} "
-              f"{pct(row['est_after'])} | {pct(row['detection'])} {pct(row['false_alarm'])} "
+              f"{pct(row['est_after'])} | {pct(row['detection'])} {pct(row['detection_working'])} "
+              f"{pct(row['false_alarm'])} "
               f"{pct(row['est_detection'])} | {ok:<5} {row['seconds']:4.0f}  {row['triggers']}", flush=True)
     for label, chosen in (("all models", rows), ("held-out models", [r for r in rows if r["held_out"]])):
         if chosen:
             repaired = sum(r["repair_ok"] for r in chosen)
             guarded = sum(r["goodnet_ok"] for r in chosen)
+            working = sum(r["goodnet_working_ok"] for r in chosen)
             print(f"{label}: repair ASR <= 1 % within 1 point of clean accuracy on {repaired}/{len(chosen)}; "
-                  f"GoodNet detection >= 99 % at <= 1 % false alarms on {guarded}/{len(chosen)}; "
+                  f"GoodNet detection >= 99 % at <= 1 % false alarms on {guarded}/{len(chosen)} "
+                  f"({working}/{len(chosen)} counting only inputs the attack works on); "
                   f"scan time median {sorted(r['seconds'] for r in chosen)[len(chosen) // 2]:.0f} s")
 
 

@@ -54,7 +54,7 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
                         help="auto (default): unlearn the reversed trigger, with and without pruning, and pick the "
                              "best on clean data; unlearn; adversarial (label-agnostic); prune (the seed's)")
     repair.add_argument("--fine-tune", action="store_true", help="also fine-tune every pruned model (fine-pruning)")
-    repair.add_argument("--fine-tune-epochs", type=int, default=8)
+    repair.add_argument("--fine-tune-epochs", type=int, default=10)
     repair.add_argument("--fine-tune-lr", type=float, default=None,
                         help="peak learning rate (cosine to 0); default: found for the model")
     repair.add_argument("--max-accuracy-drop", type=float, default=1.0,

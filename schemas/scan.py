@@ -61,7 +61,7 @@ class RepairOptions(BaseModel):
                                              "prune: the seed's pruning alone (with fine_tune: fine-pruning).")
     fine_tune: bool = Field(default=False, description="Also fine-tune every pruned model (fine-pruning; with a "
                                                        "reversed trigger, trigger unlearning too).")
-    fine_tune_epochs: int = Field(default=8, ge=1, le=500)
+    fine_tune_epochs: int = Field(default=10, ge=1, le=500)
     fine_tune_learning_rate: float | None = Field(default=None, gt=0, le=1,
                                                   description="Peak Adam learning rate, annealed to 0 (cosine); "
                                                               "default: found for the model by short trials.")

@@ -41,6 +41,7 @@ class Built(Candidate):
     shares_repair_with: str | None = None
     fine_tuned: bool = False
     learning_rate: float | None = None
+    epochs: int | None = None
     kept_epoch: int | None = None
     rejected_epochs: list[int] = field(default_factory=list)
 
@@ -52,6 +53,7 @@ class RepairData:
     train: RawSet
     validation: RawSet
     preprocessing: Preprocessing
+    original: CanonicalModel | None = None  # the upload: fine-tuning keeps its answers on clean inputs
 
 
 def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data: RepairData,
@@ -71,7 +73,8 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
             first = by_channels[k]
             built.append(Built(name, first.method, first.model, first.label_agnostic, threshold=threshold,
                                channels_pruned=k, pruned=first.pruned, shares_repair_with=first.name,
-                               warning=first.warning, fine_tuned=first.fine_tuned))
+                               warning=first.warning, fine_tuned=first.fine_tuned, epochs=first.epochs,
+                               learning_rate=first.learning_rate, kept_epoch=first.kept_epoch))
             continue
         with stage(name):
             candidate = Built(name, "prune", pruned_copy(model, layer, sweep.order[:k]), True, threshold=threshold,
@@ -124,9 +127,9 @@ def _tune(candidate: Built, start: CanonicalModel, data: RepairData, triggers: l
                             adversarial_radius=radius, trigger_share=0.0 if radius else TuneSettings.trigger_share,
                             seed=opts.seed)
     result = guarded_fine_tune(start, data.preprocessing, data.train, data.validation, triggers, settings, floor,
-                               score, layer, candidate.pruned)
+                               score, layer, candidate.pruned, teacher=data.original)
     candidate.model, candidate.warning = result.model, result.warning
-    candidate.fine_tuned, candidate.learning_rate = True, result.learning_rate
+    candidate.fine_tuned, candidate.learning_rate, candidate.epochs = True, result.learning_rate, settings.epochs
     candidate.kept_epoch, candidate.rejected_epochs = result.kept_epoch, result.rejected_epochs
     if result.warning:
         candidate.warning = f"{candidate.name}: {result.warning}"

@@ -74,7 +74,7 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
             source = "held-out"
         poisoned = None if inputs.poisoned_data is None else load_raw(inputs.poisoned_data, model, "poisoned data")
         train, validation = split(decision, VALIDATION_FRACTION, opts.seed + 1, "decision data")
-        data = RepairData(train, validation, preprocessing)
+        data = RepairData(train, validation, preprocessing, model)
     triggers, found_by = list(triggers or []), "detector"
     if not triggers and opts.method in (RepairMethod.auto, RepairMethod.unlearn):
         with stages.stage("trigger search", 0.12):
@@ -136,7 +136,7 @@ def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: Sca
     """The report's row for one candidate; writes its artifacts unless it shares them or failed."""
     entry = RepairedModel(name=b.name, method=b.method, threshold=b.threshold, reached=b.channels_pruned is not None
                           or b.threshold is None, channels_pruned=b.channels_pruned,
-                          shares_repair_with=b.shares_repair_with, fine_tuned=b.fine_tuned,
+                          shares_repair_with=b.shares_repair_with, fine_tuned=b.fine_tuned, fine_tune_epochs=b.epochs,
                           learning_rate=b.learning_rate, kept_epoch=b.kept_epoch,
                           rejected_epochs=b.rejected_epochs, decision_accuracy=b.decision_accuracy,
                           decision_estimated_attack_success_rate=b.estimated_attack_success,

@@ -37,13 +37,17 @@ TRIAL_STEPS = 25
 
 @dataclass(frozen=True)
 class TuneSettings:
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 64
     trigger_share: float = 0.3  # of each batch stamped with a reversed trigger (NC used 20 %)
     adversarial_radius: float | None = None  # L2 radius of the universal perturbation, as a fraction of the image
     learning_rate: float | None = None  # None: found by find_learning_rate
     shift: int = 0  # pixels each batch may move (zero-filled); on 12 x 12 images 2 pixels pushed a corner trigger out
     spread: bool = True  # unlearn the reversed trigger's neighbourhood too (see raw.stamp_batch)
+    # Weight of the pull towards the original model's answers on the clean part of a batch. On the project's BadNet
+    # (development): 0 -> 96.90 % clean accuracy and 1.33 % attack success after unlearning, 1 -> 97.05 / 1.11,
+    # 3 -> 97.35 / 0.77, and with 12 epochs instead of 8, 97.45 / 0.61 (original 97.50 / 99.39).
+    distill: float = 3.0
     seed: int = 0
 
 
@@ -61,8 +65,12 @@ class Objective:
     """The unlearning loss on one batch, with the state it carries between batches (the universal perturbation)."""
 
     def __init__(self, model: CanonicalModel, preprocessing: Preprocessing, triggers: list, settings: TuneSettings,
-                 value_range: tuple[float, float], image_shape: tuple[int, int, int]) -> None:
+                 value_range: tuple[float, float], image_shape: tuple[int, int, int],
+                 teacher: CanonicalModel | None = None) -> None:
         self.model, self.preprocessing, self.triggers, self.settings = model, preprocessing, triggers, settings
+        self.teacher = teacher
+        self.clean_rows = 0  # rows of the last batch that are inputs (the rest are perturbed copies)
+        self.stamped_rows = 0  # of which the first this many carry a reversed trigger
         self.low, self.high = value_range
         h, w, c = image_shape
         device = next(model.parameters()).device
@@ -70,12 +78,28 @@ class Objective:
         self.radius = None if settings.adversarial_radius is None else \
             settings.adversarial_radius * (self.high - self.low) * math.sqrt(h * w * c)
 
-    def logits(self, x: Tensor) -> Tensor:
-        return self.model.logits(model_input(x, self.preprocessing, self.model.signature.input_layout))
+    def logits(self, x: Tensor, model: CanonicalModel | None = None) -> Tensor:
+        model = model or self.model
+        return model.logits(model_input(x, self.preprocessing, model.signature.input_layout))
+
+    def loss(self, x: Tensor, y: Tensor, clean_from: int) -> Tensor:
+        """Cross-entropy on the true labels, plus the distance to the original model's answers on the clean rows
+        (``x[clean_from:clean_rows]``, neither stamped nor perturbed): unlearning should change what the trigger
+        does and nothing else, and agreeing with the original on clean inputs keeps a GoodNet's false alarms down."""
+        logits = self.logits(x)
+        loss = F.cross_entropy(logits, y)
+        if self.teacher is not None and self.settings.distill and clean_from < self.clean_rows:
+            with torch.no_grad():
+                target = torch.softmax(self.logits(x[clean_from:self.clean_rows], self.teacher), 1)
+            student = torch.log_softmax(logits[clean_from:self.clean_rows], 1)
+            loss = loss + self.settings.distill * F.kl_div(student, target, reduction="batchmean")
+        return loss
 
     def batch(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The training batch: clean, a share stamped with reversed triggers, and the perturbed copies."""
         share = int(round(self.settings.trigger_share * len(x)))
+        self.clean_rows = len(x)
+        self.stamped_rows = share if self.triggers else 0
         if self.triggers and share:
             x = torch.cat([stamp_batch(x[:share], self.triggers, generator, self.settings.spread), x[share:]])
         if self.settings.shift:
@@ -109,7 +133,7 @@ def _run(model: CanonicalModel, objective: Objective, layer: str | None, pruned:
         for batch in torch.randperm(len(train), generator=generator).split(objective.settings.batch_size):
             x, y = objective.batch(train.x[batch].to(device), train.y[batch].to(device), generator)
             optimiser.zero_grad(set_to_none=True)
-            F.cross_entropy(objective.logits(x), y).backward()
+            objective.loss(x, y, objective.stamped_rows).backward()
             optimiser.step()
             schedule.step()
             if conv is not None:
@@ -152,17 +176,18 @@ def find_learning_rate(model: CanonicalModel, make_objective, layer: str | None,
 
 def guarded_fine_tune(model: CanonicalModel, preprocessing: Preprocessing, train: RawSet, validation: RawSet,
                       triggers: list, settings: TuneSettings, floor: float, score, layer: str | None = None,
-                      pruned: list[int] | None = None) -> TuneResult:
+                      pruned: list[int] | None = None, teacher: CanonicalModel | None = None) -> TuneResult:
     """A fine-tuned copy of ``model`` (left untouched), or None with a warning when no epoch passes the guard.
 
-    ``floor``: the held-out clean accuracy an epoch must reach to be kept. ``score(model) -> (accuracy, key)``:
+    ``floor``: the held-out clean accuracy an epoch must reach to be kept. ``teacher``: the model whose answers on
+    clean inputs the tuned model is pulled towards (the upload, before any repair). ``score(model) -> (accuracy, key)``:
     held-out clean accuracy and a sort key (lower is better) among the epochs that pass.
     """
     pruned = pruned or []
     value_range = (float(train.x.min()), float(train.x.max()))
 
     def make_objective(m: CanonicalModel) -> Objective:
-        return Objective(m, preprocessing, triggers, settings, value_range, tuple(train.x.shape[1:]))
+        return Objective(m, preprocessing, triggers, settings, value_range, tuple(train.x.shape[1:]), teacher)
 
     rate = settings.learning_rate
     if rate is None:

@@ -97,3 +97,22 @@ def test_targets_rule_goodnet_flags_only_disagreements_from_a_suspected_target_a
     session = ort.InferenceSession(str(tmp_path / "goodnet.onnx"), providers=["CPUExecutionProvider"])
     scores, onnx_labels = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert np.array_equal(onnx_labels, labels) and np.array_equal(scores.argmax(1), labels)
+
+
+def test_a_default_scan_finds_unlearns_and_wraps_the_planted_backdoor(planted, files, tmp_path):
+    """Default options, no detector: the repair reverses the trigger itself, unlearns it, and recommends a GoodNet."""
+    from worker.engine.scan import run_scan
+
+    torch.set_num_threads(1)
+    options = ScanOptions.model_validate({"preprocessing": {"divide_by": 255}, "detectors": []})
+    report = run_scan(ScanInputs(planted.onnx, clean_data=files["clean"], eval_data=files["eval"],
+                                 poisoned_data=files["poisoned"]), options, tmp_path)
+    repair = report.repair
+    assert [t.target for t in repair.triggers] == [0] and repair.triggers[0].found_by == "repair"
+    chosen = next(m for m in repair.models if m.recommended)
+    assert repair.recommended == chosen.name and chosen.name in repair.recommendation
+    assert chosen.attack_success_rate < 0.1 and chosen.clean_accuracy >= repair.baseline.clean_accuracy - 0.03
+    goodnet = next(g for g in report.goodnets if g.recommended)
+    assert goodnet.rule == "targets" and goodnet.targets == [0] and goodnet.name == chosen.name
+    assert goodnet.detection_rate > 0.85 and goodnet.false_alarm_rate < 0.03
+    assert goodnet.estimated_detection_rate is not None
