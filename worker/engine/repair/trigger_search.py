@@ -22,7 +22,7 @@ ANOMALY = 2.0
 
 
 def search_triggers(model: CanonicalModel, preprocessing: Preprocessing, data: RawSet, held_out: RawSet,
-                    steps: int = 200, batch_size: int = 24, seed: int = 0,
+                    steps: int = 120, batch_size: int = 12, seed: int = 0,
                     max_classes: int = 64) -> list[ReversedTrigger]:
     """Reversed triggers for the suspected targets, with their success on ``held_out`` clean inputs."""
     classes = model.signature.num_classes

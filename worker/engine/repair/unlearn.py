@@ -31,8 +31,8 @@ from worker.engine.repair.finetune import random_shift
 from worker.engine.repair.layers import zero_channels
 from worker.engine.repair.raw import RawSet, stamp_batch
 
-LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-TRIAL_STEPS = 25
+LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
+TRIAL_STEPS = 15
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def test_unlearning_the_trigger_removes_the_planted_backdoor(planted):
     result = guarded_fine_tune(planted.model, PRE, train, validation, [planted.trigger], TuneSettings(epochs=6),
                                clean_accuracy(planted.model, validation, PRE) - 0.02, _score(planted, validation))
     assert result.warning is None and result.model is not None
-    assert result.learning_rate in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # found on the grid, not a fixed default
+    assert result.learning_rate in (3e-4, 1e-3, 3e-3, 1e-2)  # found on the grid, not a fixed default
     assert clean_accuracy(result.model, planted.poisoned, PRE) < 0.1
     assert clean_accuracy(result.model, planted.evaluation, PRE) >= before_accuracy - 0.03
     assert clean_accuracy(planted.model, planted.poisoned, PRE) > 0.9  # the input model is left untouched
