@@ -75,10 +75,11 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
         poisoned = None if inputs.poisoned_data is None else load_raw(inputs.poisoned_data, model, "poisoned data")
         train, validation = split(decision, VALIDATION_FRACTION, opts.seed + 1, "decision data")
         data = RepairData(train, validation, preprocessing, model)
-    triggers, found_by = list(triggers or []), "detector"
+    triggers, found_by, warning = list(triggers or []), "detector", None
     if not triggers and opts.method in (RepairMethod.auto, RepairMethod.unlearn):
         with stages.stage("trigger search", 0.12):
-            triggers, found_by = search_triggers(model, preprocessing, train, validation, seed=opts.seed), "repair"
+            triggers, found_by, warning = reverse_for_repair(model, preprocessing, decision, train, validation,
+                                                             out_dir, opts.seed)
     with stages.stage("rank", 0.15):
         decision_set = as_eval_set(decision, model, preprocessing)
         ranking = rank_channels(model, layer, decision_set.x, opts.criterion, batch_size=options.batch_size,
@@ -123,12 +124,38 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
         baseline=Metrics(clean_accuracy=curve[0].clean_accuracy, attack_success_rate=curve[0].attack_success_rate,
                          estimated_attack_success_rate=trigger_success(model, evaluation, preprocessing, triggers)),
         curve=curve, models=models, recommended=winner.name if winner else None, recommendation=recommendation,
-        nothing_worked=winner is None, warnings=[b.warning for b in built if b.warning and b.fine_tuned],
+        nothing_worked=winner is None,
+        warnings=([warning] if warning else []) + [b.warning for b in built if b.warning and b.fine_tuned],
         triggers=[TriggerSummary(target=t.target, source=t.source, mask_l1=float(np.sum(t.mask)),
                                  attack_success=t.attack_success, found_by=found_by) for t in triggers])
     with stages.stage("write", 0.97):
         plot_repair(report, out_dir / "repair_curve.png", f"{inputs.model.name}: pruning {layer}")
     return report, goodnets
+
+
+def reverse_for_repair(model: CanonicalModel, preprocessing: Preprocessing, decision: RawSet, train: RawSet,
+                       validation: RawSet, out_dir: Path, seed: int) -> tuple[list[ReversedTrigger], str, str | None]:
+    """Reversed triggers when the scan's detectors handed none: the 'reverse' detector's search on the decision data
+    when that detector is installed (issue 10a), else the repair's own quick search. (triggers, by whom, warning)"""
+    try:
+        from worker.engine.detect.reverse import ReverseEngineeringDetector
+    except ImportError:
+        return search_triggers(model, preprocessing, train, validation, seed=seed), "repair", None
+    from worker.engine.data import Dataset
+    from worker.engine.detect.base import DetectionContext
+    from worker.engine.preprocess import to_layout
+
+    x = to_layout(decision.x, model.signature.input_layout).numpy()
+    context = DetectionContext(model=model, preprocessing=preprocessing, clean=Dataset(x, decision.y.numpy()),
+                               device=next(model.parameters()).device, out_dir=out_dir, seed=seed)
+    try:
+        detector = ReverseEngineeringDetector()
+        if detector.applicable(context) is None:
+            detector.detect(context)
+    except Exception as exc:  # noqa: BLE001 - a failed search leaves the repair its own
+        return (search_triggers(model, preprocessing, train, validation, seed=seed), "repair",
+                f"the reverse detector failed ({type(exc).__name__}: {exc}); the repair searched itself")
+    return context.triggers, "detector", None
 
 
 def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: ScanInputs, out_dir: Path,

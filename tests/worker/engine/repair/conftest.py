@@ -41,8 +41,8 @@ def deepid_set(deepid) -> EvalSet:
 
 @pytest.fixture(scope="session")
 def planted(tmp_path_factory):
-    """A tiny model with a planted patch backdoor (see planted_backdoor.py)."""
-    from planted_backdoor import build_planted
+    """A tiny model with a planted patch backdoor (see repair_planted.py)."""
+    from repair_planted import build_planted
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

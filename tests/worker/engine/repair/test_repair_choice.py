@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from planted_backdoor import save_npz
+from repair_planted import save_npz
 
 from cli.report import describe_report
 from schemas.report import ScanReport, Verdict
