@@ -61,8 +61,10 @@ def split(data: RawSet, fraction: float, seed: int, what: str) -> tuple[RawSet, 
 
 
 def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, preprocessing: Preprocessing,
-               out_dir: Path, stages: Stages, triggers: list[ReversedTrigger] | None = None
-               ) -> tuple[RepairReport, list[GoodNetResult]]:
+               out_dir: Path, stages: Stages, triggers: list[ReversedTrigger] | None = None,
+               detector_ran: bool = False) -> tuple[RepairReport, list[GoodNetResult]]:
+    """``triggers``: what the scan's detectors reversed; ``detector_ran``: whether the 'reverse' detector was among
+    them (then it is not asked again)."""
     opts = options.repair
     with stages.stage("data", 0.1):
         layer = resolve_prune_layer(model, opts.layer)
@@ -79,7 +81,7 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
     if not triggers and opts.method in (RepairMethod.auto, RepairMethod.unlearn):
         with stages.stage("trigger search", 0.12):
             triggers, found_by, warning = reverse_for_repair(model, preprocessing, decision, train, validation,
-                                                             out_dir, opts.seed)
+                                                             out_dir, opts.seed, detector_ran)
     with stages.stage("rank", 0.15):
         decision_set = as_eval_set(decision, model, preprocessing)
         ranking = rank_channels(model, layer, decision_set.x, opts.criterion, batch_size=options.batch_size,
@@ -134,13 +136,21 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
 
 
 def reverse_for_repair(model: CanonicalModel, preprocessing: Preprocessing, decision: RawSet, train: RawSet,
-                       validation: RawSet, out_dir: Path, seed: int) -> tuple[list[ReversedTrigger], str, str | None]:
+                       validation: RawSet, out_dir: Path, seed: int, detector_ran: bool = False
+                       ) -> tuple[list[ReversedTrigger], str, str | None]:
     """Reversed triggers when the scan's detectors handed none: the 'reverse' detector's search on the decision data
-    when that detector is installed (issue 10a), else the repair's own quick search. (triggers, by whom, warning)"""
+    when that detector is installed (issue 10a) and did not run yet; when it flags nothing, the repair's own quick
+    search, which always keeps the smallest trigger it finds (a repair needs something to unlearn, and the choice
+    rule decides whether unlearning it helped). Returns (triggers, who found them, a warning or None)."""
+    def own() -> list[ReversedTrigger]:
+        return search_triggers(model, preprocessing, train, validation, seed=seed)
+
     try:
         from worker.engine.detect.reverse import ReverseEngineeringDetector
     except ImportError:
-        return search_triggers(model, preprocessing, train, validation, seed=seed), "repair", None
+        return own(), "repair", None
+    if detector_ran:
+        return own(), "repair", None
     from worker.engine.data import Dataset
     from worker.engine.detect.base import DetectionContext
     from worker.engine.preprocess import to_layout
@@ -153,8 +163,9 @@ def reverse_for_repair(model: CanonicalModel, preprocessing: Preprocessing, deci
         if detector.applicable(context) is None:
             detector.detect(context)
     except Exception as exc:  # noqa: BLE001 - a failed search leaves the repair its own
-        return (search_triggers(model, preprocessing, train, validation, seed=seed), "repair",
-                f"the reverse detector failed ({type(exc).__name__}: {exc}); the repair searched itself")
+        return own(), "repair", f"the reverse detector failed ({type(exc).__name__}: {exc}); the repair searched itself"
+    if not context.triggers:
+        return own(), "repair", None
     return context.triggers, "detector", None
 
 

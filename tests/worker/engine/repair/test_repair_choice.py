@@ -108,7 +108,7 @@ def test_a_default_scan_finds_unlearns_and_wraps_the_planted_backdoor(planted, f
     report = run_scan(ScanInputs(planted.onnx, clean_data=files["clean"], eval_data=files["eval"],
                                  poisoned_data=files["poisoned"]), options, tmp_path)
     repair = report.repair
-    assert [t.target for t in repair.triggers] == [0] and repair.triggers[0].found_by == "repair"
+    assert 0 in [t.target for t in repair.triggers] and repair.triggers[0].found_by in ("repair", "detector")
     chosen = next(m for m in repair.models if m.recommended)
     assert repair.recommended == chosen.name and chosen.name in repair.recommendation
     assert chosen.attack_success_rate < 0.1 and chosen.clean_accuracy >= repair.baseline.clean_accuracy - 0.03
