@@ -80,6 +80,9 @@ class RepairedModel(Metrics):
                                                                      "one repair: the model whose artifacts these are.")
     fine_tuned: bool = False
     fine_tune_epochs: int | None = None
+    fine_tune_best_epoch: int | None = Field(default=None, description="The fine-tuned epoch kept (1-based).")
+    fine_tune_heldout_accuracy: float | None = Field(
+        default=None, description="Accuracy of the kept epoch on the part of the decision data held out of tuning.")
     learning_rate: float | None = Field(default=None, description="Peak learning rate, found for the model.")
     kept_epoch: int | None = Field(default=None, description="The fine-tuned epoch handed back.")
     rejected_epochs: list[int] = Field(default_factory=list,

@@ -20,8 +20,7 @@ from worker.core.errors import DataError
 from worker.engine.canonical import CanonicalModel
 from worker.engine.data import read_dataset
 from worker.engine.detect.trigger import ReversedTrigger
-from worker.engine.formats.keras_h5 import write_keras_h5
-from worker.engine.formats.onnx_export import export_onnx
+from worker.engine.formats import write_model
 from worker.engine.preprocess import Preprocessing, model_input, to_images
 from worker.engine.repair.candidates import Built, RepairData, build_candidates
 from worker.engine.repair.choose import choose
@@ -177,6 +176,8 @@ def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: Sca
                           shares_repair_with=b.shares_repair_with, fine_tuned=b.fine_tuned, fine_tune_epochs=b.epochs,
                           learning_rate=b.learning_rate, kept_epoch=b.kept_epoch,
                           rejected_epochs=b.rejected_epochs, decision_accuracy=b.decision_accuracy,
+                          fine_tune_best_epoch=b.kept_epoch,
+                          fine_tune_heldout_accuracy=b.decision_accuracy if b.fine_tuned else None,
                           decision_estimated_attack_success_rate=b.estimated_attack_success,
                           recommended=recommended, warning=b.warning)
     if b.model is None:
@@ -188,10 +189,10 @@ def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: Sca
     owner = b.shares_repair_with or b.name
     ext = ".h5" if original.signature.format == ModelFormat.keras_h5 else ".onnx"
     entry.artifact, entry.onnx_artifact = f"repaired_{owner}{ext}", f"repaired_{owner}.onnx"
-    if b.shares_repair_with is None:
-        if ext == ".h5":
-            write_keras_h5(b.model, inputs.model, out_dir / entry.artifact)
-        export_onnx(b.model, out_dir / entry.onnx_artifact)
+    if b.shares_repair_with is None:  # names carry the suffix: write_model would cut 'drop2.5' at its dot
+        write_model(b.model, original.signature.format, inputs.model, out_dir / entry.artifact)
+        if ext != ".onnx":  # and always as ONNX too
+            write_model(b.model, ModelFormat.onnx, inputs.model, out_dir / entry.onnx_artifact)
     return entry
 
 
