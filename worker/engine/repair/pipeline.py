@@ -74,7 +74,13 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
             decision, evaluation = split(clean, opts.holdout_fraction, opts.seed, "clean data")
             source = "held-out"
         poisoned = None if inputs.poisoned_data is None else load_raw(inputs.poisoned_data, model, "poisoned data")
-        train, validation = split(decision, VALIDATION_FRACTION, opts.seed + 1, "decision data")
+        notes: list[str] = []
+        try:
+            train, validation = split(decision, VALIDATION_FRACTION, opts.seed + 1, "decision data")
+        except DataError:  # a few dozen images: still repair, but say that the choice saw the training data
+            train = validation = decision
+            notes.append(f"the decision data ({len(decision)} samples) is too small to hold out a validation part: "
+                         "fine-tuning, its guard and the choice all used the same samples")
         data = RepairData(train, validation, preprocessing, model)
     triggers, found_by, warning = list(triggers or []), "detector", None
     if not triggers and opts.method in (RepairMethod.auto, RepairMethod.unlearn):
@@ -126,7 +132,7 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
                          estimated_attack_success_rate=trigger_success(model, evaluation, preprocessing, triggers)),
         curve=curve, models=models, recommended=winner.name if winner else None, recommendation=recommendation,
         nothing_worked=winner is None,
-        warnings=([warning] if warning else []) + [b.warning for b in built if b.warning and b.fine_tuned],
+        warnings=notes + ([warning] if warning else []) + [b.warning for b in built if b.warning and b.fine_tuned],
         triggers=[TriggerSummary(target=t.target, source=t.source, mask_l1=float(np.sum(t.mask)),
                                  attack_success=t.attack_success, found_by=found_by) for t in triggers])
     with stages.stage("write", 0.97):
