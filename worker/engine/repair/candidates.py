@@ -54,6 +54,7 @@ class RepairData:
     validation: RawSet
     preprocessing: Preprocessing
     original: CanonicalModel | None = None  # the upload: fine-tuning keeps its answers on clean inputs
+    batch_size: int = 64  # fine-tuning batch within the memory budget
 
 
 def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data: RepairData,
@@ -124,6 +125,7 @@ def _tune(candidate: Built, start: CanonicalModel, data: RepairData, triggers: l
         return accuracy, (round(estimate * 100), -accuracy)
 
     settings = TuneSettings(epochs=opts.fine_tune_epochs, learning_rate=opts.fine_tune_learning_rate,
+                            batch_size=data.batch_size,
                             adversarial_radius=radius, trigger_share=0.0 if radius else TuneSettings.trigger_share,
                             seed=opts.seed)
     result = guarded_fine_tune(start, data.preprocessing, data.train, data.validation, triggers, settings, floor,

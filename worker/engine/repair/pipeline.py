@@ -17,6 +17,7 @@ from schemas.models import ModelFormat
 from schemas.report import CurvePoint, DataSplit, GoodNetResult, Metrics, RepairedModel, RepairReport, TriggerSummary
 from schemas.scan import GoodNetRule, RepairMethod, ScanOptions
 from worker.core.errors import DataError
+from worker.core.limits import batch_within_budget
 from worker.engine.canonical import CanonicalModel
 from worker.engine.data import read_dataset
 from worker.engine.detect.trigger import ReversedTrigger
@@ -35,6 +36,8 @@ from worker.engine.stages import ScanInputs, Stages
 
 MIN_SAMPLES = 10
 VALIDATION_FRACTION = 0.2
+#: Fine-tuning batch, smaller only where the memory budget needs it.
+FINE_TUNE_BATCH = 64
 
 
 def load_raw(path: Path, model: CanonicalModel, what: str) -> RawSet:
@@ -81,7 +84,11 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
             train = validation = decision
             notes.append(f"the decision data ({len(decision)} samples) is too small to hold out a validation part: "
                          "fine-tuning, its guard and the choice all used the same samples")
-        data = RepairData(train, validation, preprocessing, model)
+        # Batches whose activations fit the memory budget: a model's per-sample activations can be large.
+        batch = batch_within_budget(model.sample_bytes, options.batch_size)
+        # Training keeps each activation and its gradient, and Adam two more values per weight: about 3x.
+        data = RepairData(train, validation, preprocessing, model,
+                          batch_within_budget(3 * model.sample_bytes, FINE_TUNE_BATCH))
     triggers, found_by, warning = list(triggers or []), "detector", None
     if not triggers and opts.method in (RepairMethod.auto, RepairMethod.unlearn):
         with stages.stage("trigger search", 0.12):
@@ -89,13 +96,12 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
                                                              out_dir, opts.seed, detector_ran)
     with stages.stage("rank", 0.15):
         decision_set = as_eval_set(decision, model, preprocessing)
-        ranking = rank_channels(model, layer, decision_set.x, opts.criterion, batch_size=options.batch_size,
-                                seed=opts.seed)
+        ranking = rank_channels(model, layer, decision_set.x, opts.criterion, batch_size=batch, seed=opts.seed)
     with stages.stage("sweep", 0.2):
         sets = {"decision": decision_set, "evaluation": as_eval_set(evaluation, model, preprocessing)}
         if poisoned:
             sets["poisoned"] = as_eval_set(poisoned, model, preprocessing)
-        sweep = prune_sweep(model, layer, ranking.order, sets, batch_size=options.batch_size)
+        sweep = prune_sweep(model, layer, ranking.order, sets, batch_size=batch)
     curve = [CurvePoint(channels_pruned=k, decision_accuracy=sweep.accuracy["decision"][k],
                         clean_accuracy=sweep.accuracy["evaluation"][k],
                         attack_success_rate=sweep.accuracy["poisoned"][k] if poisoned else None)
