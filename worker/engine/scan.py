@@ -68,7 +68,9 @@ def run_scan(inputs: ScanInputs, options: ScanOptions, out_dir: Path, progress: 
     if inputs.clean_data is not None and options.repair.enabled:
         from worker.engine.repair.pipeline import run_repair
 
-        report.repair, report.goodnets = run_repair(model, inputs, options, preprocessing, out_dir, stages)
+        report.repair, report.goodnets = run_repair(model, inputs, options, preprocessing, out_dir, stages,
+                                                    triggers=context.triggers,
+                                                    detector_ran="reverse" in options.detectors)
     elif inputs.poisoned_data is not None or inputs.eval_data is not None:
         raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data "
                           "(--clean-data), and poisoned data only serves to report attack success after repair.")
