@@ -18,7 +18,7 @@ from worker.core.errors import DataError, InputError, OptionError, refuse_inappl
 from worker.engine.canonical import CanonicalModel
 from worker.engine.data import read_dataset
 from worker.engine.detect import DETECTORS, DetectionContext
-from worker.engine.repair.pipeline import FINE_TUNE_VALIDATION, MIN_SAMPLES
+from worker.engine.repair.pipeline import MIN_SAMPLES
 from worker.engine.scan import ScanInputs, preprocessing_of
 
 #: Rows read from each data file; enough to prove it fits the model.
@@ -75,8 +75,9 @@ def preflight(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions) -
 
 
 def _check_split(samples: dict[str, int], options: ScanOptions) -> None:
-    """The repair splits the clean data (held-out part, fine-tuning validation part): each part needs
-    MIN_SAMPLES; refuse now what ``pipeline.split`` would refuse after loading everything."""
+    """The repair splits the clean data into a decision and a held-out part, each of at least MIN_SAMPLES; refuse
+    now what ``pipeline.split`` would refuse after loading everything. (A decision part too small for a further
+    validation split is repaired anyway, with a warning in the report.)"""
     total, holdout = samples["clean_data"], options.repair.holdout_fraction
     decision = total if "eval_data" in samples else total - int(round(holdout * total))
     parts = {"decision part": decision}
@@ -84,9 +85,6 @@ def _check_split(samples: dict[str, int], options: ScanOptions) -> None:
         parts["--eval-data"] = samples["eval_data"]
     else:
         parts[f"held-out part ({holdout:.0%})"] = total - decision
-    if options.repair.fine_tune:
-        tune = int(round(FINE_TUNE_VALIDATION * decision))
-        parts.update({"fine-tuning part": decision - tune, "fine-tuning validation part": tune})
     short = {part: n for part, n in parts.items() if n < MIN_SAMPLES}
     if short:
         described = ", ".join(f"{part} {n}" for part, n in short.items())
