@@ -6,6 +6,11 @@ from pydantic import BaseModel, Field, field_validator
 
 
 class DetectorName(StrEnum):
+    """The detectors a scan can run (see the README's Detection section)."""
+
+    #: MM-BD's maximum achievable margin per class: data-free.
+    mmbd = "mmbd"
+    #: Universal Litmus Patterns, where a litmus bank fits the task.
     ulp = "ulp"
 
 

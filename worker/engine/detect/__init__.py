@@ -5,8 +5,9 @@ which use ``context.triggers`` run after them.
 """
 
 from worker.engine.detect.base import DetectionContext, Detector
+from worker.engine.detect.mmbd import MaxMarginDetector
 from worker.engine.detect.ulp import UlpDetector
 
-DETECTORS: dict[str, Detector] = {detector.name: detector for detector in (UlpDetector(),)}
+DETECTORS: dict[str, Detector] = {detector.name: detector for detector in (MaxMarginDetector(), UlpDetector())}
 
 __all__ = ["DETECTORS", "DetectionContext", "Detector"]
