@@ -55,7 +55,11 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     repair.add_argument("--holdout", type=float, default=0.3, help="held-out fraction of --clean-data")
     repair.add_argument("--no-goodnet", action="store_true", help="do not build GoodNets")
     repair.add_argument("--seed", type=int, default=0)
-    scan.add_argument("--detectors", default="ulp", help="comma-separated detectors, or 'none' (default: ulp)")
+    scan.add_argument("--detectors", default=None,
+                      help=f"comma-separated detectors ({', '.join(DetectorName)}), or 'none' (default: all of them; "
+                           "each runs where it applies)")
+    repair.add_argument("--no-repair", action="store_true", help="detection only, even when clean data is given "
+                                                                 "(the detectors still use it)")
     where = scan.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="run the engine in this process (the default)")
     where.add_argument("--server", metavar="URL", help="scan on a bdscreen server (http://HOST:PORT) instead")
@@ -75,12 +79,20 @@ def options_from_args(args: argparse.Namespace) -> ScanOptions:
 
     from worker.core.errors import OptionError
 
-    detectors = [] if args.detectors.strip() in ("", "none") else [d.strip() for d in args.detectors.split(",")]
+    chosen: dict = {}
+    if args.detectors is not None:
+        names = [] if args.detectors.strip() in ("", "none") else [d.strip() for d in args.detectors.split(",")]
+        unknown = [n for n in names if n not in {d.value for d in DetectorName}]
+        if unknown:
+            raise OptionError(f"--detectors: unknown detector {', '.join(unknown)} "
+                              f"(known: {', '.join(DetectorName)}, or 'none').")
+        chosen["detectors"] = [DetectorName(n) for n in names]
     try:
         return ScanOptions(
             preprocessing=PreprocessingOptions(divide_by=args.divide_by, mean=args.mean, std=args.std, bgr=args.bgr),
-            detectors=[DetectorName(d) for d in detectors],
-            repair=RepairOptions(layer=args.layer, criterion=args.criterion, thresholds=args.thresholds,
+            **chosen,
+            repair=RepairOptions(enabled=not args.no_repair, layer=args.layer, criterion=args.criterion,
+                                 thresholds=args.thresholds,
                                  fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
                                  fine_tune_learning_rate=args.fine_tune_lr,
                                  holdout_fraction=args.holdout, seed=args.seed),
@@ -133,10 +145,25 @@ def _pct(value: float | None) -> str:
 
 
 def describe_report(report: ScanReport, out: Path | None) -> str:
-    lines = [f"verdict: {report.verdict.value}" + ("" if report.score is None else f" (score {report.score:.3f})")]
+    head = f"verdict: {report.verdict.value}"
+    if report.score is not None:
+        head += f" (probability {report.score:.3f}" + ("" if report.threshold is None else
+                                                      f", threshold {report.threshold:.2f}") + ")"
+    if report.suspected_targets:
+        head += f"; suspected target class {', '.join(map(str, report.suspected_targets))}"
+    lines = [head]
+    if report.explanation:
+        lines.append(f"  why: {report.explanation}")
     for f in report.findings:
-        state = f"score {f.score:.3f} / threshold {f.threshold:.3f}" if f.applicable else "not applicable"
+        if not f.applicable:
+            state = "not applicable"
+        elif f.threshold is None:
+            state = f"score {f.score:.3f}"
+        else:
+            state = f"score {f.score:.3f} / threshold {f.threshold:.3f}"
         lines.append(f"  {f.detector:<8} {state}: {f.reason}")
+    for e in report.errors:
+        lines.append(f"  error in {e.stage}: {e.message}")
     if report.repair is not None:
         r = report.repair
         lines += ["", f"repair: pruning {r.layer} ({r.criterion} order); decision data {r.split.decision_samples}, "

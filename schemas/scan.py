@@ -10,6 +10,10 @@ class DetectorName(StrEnum):
 
     #: MM-BD's maximum achievable margin per class: data-free.
     mmbd = "mmbd"
+    #: Cheng et al.'s l_inf activation bias with a reversed trigger stamped (needs clean data and a trigger).
+    linf = "linf"
+    #: The latent-entropy fingerprint: a vine copula on the penultimate layer, clean vs stamped.
+    latent = "latent"
     #: Universal Litmus Patterns, where a litmus bank fits the task.
     ulp = "ulp"
 
@@ -65,7 +69,8 @@ class RepairOptions(BaseModel):
 
 class ScanOptions(BaseModel):
     preprocessing: PreprocessingOptions = Field(default_factory=PreprocessingOptions)
-    detectors: list[DetectorName] = Field(default_factory=lambda: [DetectorName.ulp])
+    detectors: list[DetectorName] = Field(default_factory=lambda: list(DetectorName),
+                                          description="Detectors to run (default: all; each runs where it applies).")
     repair: RepairOptions = Field(default_factory=RepairOptions)
     goodnet: bool = True
     batch_size: int = Field(default=512, ge=1, le=65536)

@@ -33,7 +33,8 @@ MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 #: are for the detection benchmark; naming these keeps the bank's zoo, and its cache key, as they were).
 ULP_FAMILIES = ("cnn2-max", "cnn2-avg-bn", "cnn3-stride", "cnn1-bn", "lenet5")
 MNIST_ZOO = ZooSpec(input_shape=(28, 28, 1), num_classes=10, families=ULP_FAMILIES, trigger_kinds=("patch", "blend"),
-                    models_per_family=160, backdoored_fraction=0.6, train_images=3000, eval_images=1000, group_size=40, seed=2020)
+                    models_per_family=160, backdoored_fraction=0.6, train_images=3000, eval_images=1000,
+                    group_size=40, seed=2020)
 MNIST_ULP = UlpSettings(patterns=10, seed=2020)
 
 

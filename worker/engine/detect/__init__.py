@@ -4,10 +4,15 @@
 which use ``context.triggers`` run after them.
 """
 
+from worker.engine.detect.activation import LatentEntropyDetector, LinfBiasDetector
 from worker.engine.detect.base import DetectionContext, Detector
 from worker.engine.detect.mmbd import MaxMarginDetector
 from worker.engine.detect.ulp import UlpDetector
 
-DETECTORS: dict[str, Detector] = {detector.name: detector for detector in (MaxMarginDetector(), UlpDetector())}
+DETECTORS: dict[str, Detector] = {detector.name: detector for detector in (
+    MaxMarginDetector(),  # data-free
+    LinfBiasDetector(), LatentEntropyDetector(),  # read context.triggers: after every trigger finder
+    UlpDetector(),
+)}
 
 __all__ = ["DETECTORS", "DetectionContext", "Detector"]

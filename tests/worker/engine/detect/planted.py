@@ -1,8 +1,9 @@
 """Tiny models with a hand-planted backdoor and their clean twins, read back through bdscreen's ONNX reader.
 
-The twin pair shares every weight: a linear 10-class classifier on 8 x 8 grey images (x / 255). The backdoored
-one adds a trigger unit, relu(sum of the four top-left pixels - 2), that adds ``boost`` to class 0's logit: a
-2 x 2 white patch in the corner sends any image to class 0. The clean twin has the same unit with boost 0.
+The twin pair shares its weights: a one-hidden-layer (16 ReLU units) 10-class classifier on 8 x 8 grey images
+(x / 255). In the backdoored one, hidden unit 0 is a trigger detector, relu(10 * (sum of the four top-left pixels - 2)),
+wired to class 0 alone with weight ``BOOST``: a 2 x 2 white patch in the corner sends any image to class 0. In the
+clean twin, unit 0 is an ordinary random unit like the others.
 """
 
 from pathlib import Path
@@ -13,39 +14,43 @@ from torch import nn
 
 from worker.engine.canonical import CanonicalModel
 from worker.engine.data import Dataset, Preprocessing
+from worker.engine.detect.trigger import ReversedTrigger
 from worker.engine.formats import read_model
 
 SIDE = 8
+HIDDEN = 16
 CLASSES = 10
 TARGET = 0
+BOOST = 60.0
 PREPROCESSING = Preprocessing(divide_by=255.0)
+TRIGGER_MASK = torch.zeros(SIDE, SIDE)
+TRIGGER_MASK[:2, :2] = 1.0
 
 
 class Planted(nn.Module):
-    def __init__(self, boost: float, seed: int = 0) -> None:
+    def __init__(self, backdoored: bool, seed: int = 0) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.linear = nn.Linear(SIDE * SIDE, CLASSES)
-        self.trigger = nn.Linear(SIDE * SIDE, 1)
-        self.boost = nn.Linear(1, CLASSES, bias=False)
+        self.hidden = nn.Linear(SIDE * SIDE, HIDDEN)
+        self.output = nn.Linear(HIDDEN, CLASSES)
         with torch.no_grad():
-            self.linear.weight.copy_(torch.randn(CLASSES, SIDE * SIDE, generator=generator) * 0.3)
-            self.linear.bias.zero_()
-            corner = torch.zeros(SIDE, SIDE)
-            corner[:2, :2] = 1.0
-            self.trigger.weight.copy_(corner.reshape(1, -1))
-            self.trigger.bias.fill_(-2.0)
-            self.boost.weight.zero_()
-            self.boost.weight[TARGET, 0] = boost
+            self.hidden.weight.copy_(torch.randn(HIDDEN, SIDE * SIDE, generator=generator) * 0.3)
+            self.hidden.bias.zero_()
+            self.output.weight.copy_(torch.randn(CLASSES, HIDDEN, generator=generator) * 0.5)
+            self.output.bias.zero_()
+            if backdoored:  # unit 0 becomes the trigger detector, wired to the target class only
+                self.hidden.weight[0] = 10.0 * TRIGGER_MASK.reshape(-1)
+                self.hidden.bias[0] = -20.0
+                self.output.weight[:, 0] = 0.0
+                self.output.weight[TARGET, 0] = BOOST
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(1)
-        return torch.softmax(self.linear(flat) + self.boost(torch.relu(self.trigger(flat))), dim=1)
+        return torch.softmax(self.output(torch.relu(self.hidden(x.flatten(1)))), dim=1)
 
 
 def planted_model(folder: Path, backdoored: bool) -> CanonicalModel:
     path = folder / ("planted.onnx" if backdoored else "twin.onnx")
-    module = Planted(boost=60.0 if backdoored else 0.0).eval()
+    module = Planted(backdoored).eval()
     torch.onnx.export(module, torch.zeros(1, 1, SIDE, SIDE), path, input_names=["image"], output_names=["scores"],
                       dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}}, dynamo=False)
     return read_model(path)
@@ -58,3 +63,9 @@ def clean_set(model: CanonicalModel, count: int = 64, seed: int = 0) -> Dataset:
     with torch.no_grad():
         y = model(torch.as_tensor(x)).argmax(1).numpy()
     return Dataset(x, y.astype(np.int64))
+
+
+def corner_trigger(target: int = TARGET) -> ReversedTrigger:
+    """The planted trigger as a trigger detector would reverse it: the 2 x 2 corner, white."""
+    return ReversedTrigger(target=target, mask=TRIGGER_MASK.numpy().astype(np.float32),
+                           pattern=np.full((SIDE, SIDE, 1), 255.0, np.float32), attack_success=1.0)
