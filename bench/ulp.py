@@ -29,9 +29,9 @@ from schemas.models import InputLayout
 from schemas.report import verdict_of
 from worker.core.bankfiles import load_bank
 from worker.engine.canonical import default_device
-from worker.engine.data import Preprocessing
 from worker.engine.detect.ulp import detect_ulp, litmus_features
 from worker.engine.formats import read_model
+from worker.engine.preprocess import Preprocessing
 from worker.zoo.architectures import OWN_ARCHITECTURE, LogitsOf, seeded_family
 from worker.zoo.batched import train_batched, train_sequential
 from worker.zoo.build_mnist_bank import BANK_PATH, MNIST_ULP, MNIST_ZOO, load_mnist

@@ -149,7 +149,7 @@ def download(client: httpx.Client, scan: ScanPublic, folder: Path) -> None:
 
 
 def run_remote_scan(args: argparse.Namespace, options: ScanOptions) -> int:
-    from cli.scan import describe_report, exit_code
+    from cli.report import describe_report, exit_code
 
     key = args.api_key or os.environ.get("BDSCREEN_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -20,13 +20,11 @@ def add_keys_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_keys(args: argparse.Namespace) -> int:
     from cli.serve import apply_settings
-    from worker.core.settings import get_settings
     from worker.core.store import open_store
     from worker.core.store.keys import hash_api_key, new_api_key
     from worker.core.webhooks import webhook_secret
 
-    apply_settings(args)
-    settings = get_settings()
+    settings = apply_settings(args)
     records = open_store(settings.storage).records
     if args.action == "create":
         key = new_api_key()

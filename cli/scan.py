@@ -8,15 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from schemas.report import ScanReport, Verdict
+from cli.report import describe_report, exit_code
 from schemas.scan import DetectorName, PreprocessingOptions, PruneCriterion, RepairOptions, ScanOptions
-
-EXIT_BY_VERDICT = {Verdict.clean: 0, Verdict.backdoored: 1, Verdict.inconclusive: 3}
-
-
-def exit_code(report: ScanReport) -> int:
-    """The CI gate's answer: a crashed detector or stage is an error (2), never "inconclusive"."""
-    return 2 if report.errors else EXIT_BY_VERDICT[report.verdict]
 
 
 def _floats(value: str) -> list[float]:
@@ -119,7 +112,8 @@ def run_scan_command(args: argparse.Namespace) -> int:
         from worker.core.errors import OptionError
 
         raise OptionError("--download, --api-key and --callback-url need --server URL; a local scan writes to --out.")
-    from worker.engine.scan import ScanInputs, run_scan
+    from worker.engine.scan import run_scan
+    from worker.engine.stages import ScanInputs
 
     inputs = ScanInputs(model=args.model, architecture=args.architecture, clean_data=args.clean_data,
                         eval_data=args.eval_data, poisoned_data=args.poisoned_data)
@@ -138,53 +132,3 @@ def run_scan_command(args: argparse.Namespace) -> int:
 
 def _print_progress(stage: str, fraction: float) -> None:
     print(f"  [{fraction:4.0%}] {stage}", file=sys.stderr)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def describe_report(report: ScanReport, out: Path | None) -> str:
-    head = f"verdict: {report.verdict.value}"
-    if report.score is not None:
-        head += f" (probability {report.score:.3f}" + ("" if report.threshold is None else
-                                                      f", threshold {report.threshold:.2f}") + ")"
-    if report.suspected_targets:
-        head += f"; suspected target class {', '.join(map(str, report.suspected_targets))}"
-    lines = [head]
-    if report.explanation:
-        lines.append(f"  why: {report.explanation}")
-    for f in report.findings:
-        if not f.applicable:
-            state = "not applicable"
-        elif f.threshold is None:
-            state = f"score {f.score:.3f}"
-        else:
-            state = f"score {f.score:.3f} / threshold {f.threshold:.3f}"
-        lines.append(f"  {f.detector:<8} {state}: {f.reason}")
-    for e in report.errors:
-        lines.append(f"  error in {e.stage}: {e.message}")
-    if report.repair is not None:
-        r = report.repair
-        lines += ["", f"repair: pruning {r.layer} ({r.criterion} order); decision data {r.split.decision_samples}, "
-                      f"evaluation {r.split.evaluation_samples} ({r.split.evaluation_source})",
-                  f"  baseline: clean accuracy {_pct(r.baseline.clean_accuracy)}, "
-                  f"attack success {_pct(r.baseline.attack_success_rate)}",
-                  f"  {'drop':>6} {'pruned':>7} {'clean acc':>10} {'attack':>8}   artifact"]
-        for m in r.models:
-            if not m.reached:
-                lines.append(f"  {m.threshold:>5g}% {'not reached: no pruning step dropped accuracy that far':>40}")
-                continue
-            lines.append(f"  {m.threshold:>5g}% {m.channels_pruned:>7} {_pct(m.clean_accuracy):>10} "
-                         f"{_pct(m.attack_success_rate):>8}   {m.artifact}{' (fine-tuned)' if m.fine_tuned else ''}")
-    if report.goodnets:
-        lines += ["", f"  {'goodnet':>7} {'clean acc':>10} {'false alarm':>12} {'detection':>10} {'attack':>8}"]
-        for g in report.goodnets:
-            mark = "  <- recommended" if g.recommended else ""
-            lines.append(f"  {g.threshold:>6g}% {_pct(g.clean_accuracy):>10} {_pct(g.false_alarm_rate):>12} "
-                         f"{_pct(g.detection_rate):>10} {_pct(g.attack_success_rate):>8}   {g.artifact}{mark}")
-        if report.repair and report.repair.recommendation:
-            lines.append(f"  recommended {report.repair.recommendation}")
-    if out is not None:
-        lines += ["", f"artifacts in {out}: " + ", ".join(a.name for a in report.artifacts)]
-    return "\n".join(lines)

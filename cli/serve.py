@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-from worker.core.settings import get_settings, settings_from_env
+from worker.core.settings import Settings, get_settings, load_settings, use_settings
 
 QUEUES = ("gpu", "cpu")
 
@@ -43,14 +43,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", help="redis://HOST:PORT/DB; default: the embedded broker (BDSCREEN_BROKER)")
 
 
-def apply_settings(args: argparse.Namespace) -> None:
-    """Command-line values override ``BDSCREEN_*`` variables; children inherit them. Exits on bad settings."""
-    for name in ("storage", "broker", "host", "port", "auth"):
-        value = getattr(args, name, None)
-        if value is not None:
-            os.environ[f"BDSCREEN_{name.upper()}"] = str(value)
-    settings_from_env()
-    get_settings.cache_clear()
+def apply_settings(args: argparse.Namespace) -> Settings:
+    """Command-line values override ``BDSCREEN_*`` variables for this process; exits on bad settings.
+
+    Child processes get the result through :func:`child_env`, never through this process's environment."""
+    settings = load_settings(**{name: getattr(args, name, None) for name in ("storage", "broker", "host", "port",
+                                                                             "auth")})
+    use_settings(settings)
+    return settings
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child process: ours, with every setting of ``settings`` spelled out."""
+    return {**os.environ, **settings.to_env()}
 
 
 def _die_with_parent() -> None:
@@ -66,15 +71,15 @@ def _die_with_parent() -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    apply_settings(args)
-    settings = get_settings()
+    settings = apply_settings(args)
     children = []
     if not args.no_worker:
         for queue in QUEUES:
             command = [sys.executable, "-m", "cli.main", "worker", "--queues", queue]
             # Own sessions: a Ctrl-C or a signal to serve's group reaches only serve, which then stops each
             # worker's main process, which stops its pool (signalling pool processes directly can hang it).
-            children.append(subprocess.Popen(command, preexec_fn=_die_with_parent, start_new_session=True))
+            children.append(subprocess.Popen(command, env=child_env(settings), preexec_fn=_die_with_parent,
+                                             start_new_session=True))
     broker = "embedded filesystem broker" if settings.embedded_broker else settings.broker
     print(f"bdscreen: gateway on http://{settings.host}:{settings.port} (auth {settings.auth.value}), "
           f"storage {settings.storage}, {broker}, {len(children)} worker process(es)", file=sys.stderr)

@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field, HttpUrl
 
+from schemas.problems import ErrorCategory, ScanFailure
 from schemas.report import ScanReport, Verdict
 from schemas.scan import ScanOptions
 
@@ -48,11 +49,18 @@ class ScanCreate(ScanOptions):
 
 
 class ScanError(BaseModel):
-    """Why a scan failed: a stable category (an input ErrorCategory, or 'internal', 'time-limit',
-    'interrupted') and what to do about it."""
+    """Why a scan failed: a stable category (an input ErrorCategory, or a ScanFailure) and what to do about it."""
 
-    category: str
+    category: ErrorCategory | ScanFailure
     message: str
+
+
+class UploadCheck(BaseModel):
+    """The outcome of the upload check on the cpu queue: accepted, or refused with the category and why."""
+
+    ok: bool
+    category: ErrorCategory | None = None
+    message: str | None = None
 
 
 class UploadedFile(BaseModel):

@@ -22,3 +22,18 @@ class ErrorCategory(StrEnum):
     bad_data = "bad-data"
     #: An option (preprocessing, layer name, threshold, ...) is invalid.
     bad_option = "bad-option"
+
+
+class ScanFailure(StrEnum):
+    """Why an accepted scan ended without a report, when its input was not the cause."""
+
+    #: bdscreen itself failed (a bug): the message says where.
+    internal = "internal"
+    #: The scan ran past BDSCREEN_SCAN_TIME_LIMIT.
+    time_limit = "time-limit"
+    #: The scan was started BDSCREEN_MAX_ATTEMPTS times and never finished (its workers died).
+    interrupted = "interrupted"
+
+
+#: Every category a failed scan's error may carry.
+FailureCategory = ErrorCategory | ScanFailure

@@ -123,10 +123,11 @@ class ScanReport(BaseModel):
 
 def verdict_of(findings: list[Finding]) -> tuple[Verdict, float | None]:
     """Backdoored if any applicable finding reaches its threshold; clean if all fall below; else inconclusive."""
-    judged = [f for f in findings if f.applicable and f.score is not None and f.threshold is not None]
+    judged = [(f.score, f.threshold) for f in findings
+              if f.applicable and f.score is not None and f.threshold is not None]
     if not judged:
         return Verdict.inconclusive, None
-    score = max(f.score for f in judged)
-    if any(f.score >= f.threshold for f in judged):
+    score = max(s for s, _ in judged)
+    if any(s >= t for s, t in judged):
         return Verdict.backdoored, score
     return Verdict.clean, score

@@ -10,6 +10,7 @@ import anyio
 from anyio import to_thread
 from kombu.exceptions import OperationalError
 
+from schemas.api import UploadCheck
 from worker.core.reconcile import reconcile
 from worker.core.settings import Settings
 from worker.core.store import Store
@@ -53,13 +54,14 @@ class Dispatcher:
             return False, f"{type(exc).__name__}: {exc}"
         return True, "ok"
 
-    async def wait_for_validation(self, scan_id: str) -> dict | None:
+    async def wait_for_validation(self, scan_id: str) -> UploadCheck | None:
         """The upload check's outcome from the record, or None when it did not come within the timeout."""
         deadline = time.monotonic() + self.settings.validate_timeout
         while True:
             record = await to_thread.run_sync(self.store.records.get, scan_id)
             if record is None or record.validation is not None or time.monotonic() >= deadline:
-                return None if record is None else record.validation
+                return None if record is None or record.validation is None else \
+                    UploadCheck.model_validate(record.validation)
             await anyio.sleep(VALIDATION_POLL_SECONDS)
 
     def reconcile_once(self) -> list[str]:

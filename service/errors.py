@@ -110,21 +110,25 @@ def problem_response(request: Request, category: StrEnum, status: int, detail: s
                         headers=headers)
 
 
-async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)  # registered for this type only
     return problem_response(request, exc.problem, exc.status, exc.detail, exc.headers)
 
 
-async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+async def _input_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InputError)  # registered for this type only
     return problem_response(request, exc.category, STATUS_BY_CATEGORY[exc.category], exc.message)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for this type only
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
     return problem_response(request, ErrorCategory.bad_option, 422, f"{where}: {first['msg']}")
 
 
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)  # registered for this type only
     problem = _BY_STATUS.get(exc.status_code, ServiceProblem.internal)
     return problem_response(request, problem, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 

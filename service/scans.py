@@ -11,6 +11,7 @@ runs next on the cpu queue (``bdscreen.validate``).
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -69,7 +70,7 @@ def admit(store: Store, upload: ReceivedUpload, owner: str, idempotency_key: str
         upload.discard()
         raise
     with store.blobs.lock():
-        uploads = [{"field": name, "filename": upload.filenames.get(name), "bytes": writer.size,
+        uploads: list[dict[str, Any]] = [{"field": name, "filename": upload.filenames.get(name), "bytes": writer.size,
                     "sha256": store.blobs.commit(writer)} for name, writer in upload.files.items()]
         record = ScanRecord(id=uuid.uuid4().hex, owner=owner, state=ScanState.queued,
                             options=options.model_dump_json(), uploads=uploads, created_at=time.time(),

@@ -7,6 +7,7 @@ learns of a 413 before it sends the body), and against the bytes actually receiv
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
@@ -41,7 +42,7 @@ class _Parts:
         self.disposition = b""
         self.target: BlobWriter | bytearray | None = None
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> Any:  # python-multipart's MultipartCallbacks, a TypedDict of these methods
         return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
                 "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
                 "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data}

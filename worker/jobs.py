@@ -11,7 +11,8 @@ import shutil
 import threading
 from pathlib import Path
 
-from schemas.api import ScanCreate, ScanState
+from schemas.api import ScanCreate, ScanError, ScanState, UploadCheck
+from schemas.problems import FailureCategory, ScanFailure
 from worker.core.errors import InputError
 from worker.core.settings import Settings
 from worker.core.store import Store
@@ -30,7 +31,7 @@ class ScanBusy(Exception):
 
 
 def scan_inputs(store: Store, record: ScanRecord):
-    from worker.engine.scan import ScanInputs
+    from worker.engine.stages import ScanInputs
 
     paths = {name: store.input_path(record, name) for name in ("architecture", "clean_data", "eval_data",
                                                                "poisoned_data")}
@@ -67,9 +68,9 @@ def validate_scan(store: Store, scan_id: str) -> None:
     try:
         check_inputs(store, record)
     except InputError as exc:
-        store.records.set_validation(scan_id, {"category": exc.category.value, "message": exc.message})
+        store.records.set_validation(scan_id, UploadCheck(ok=False, category=exc.category, message=exc.message))
         return
-    store.records.set_validation(scan_id, {"ok": True})
+    store.records.set_validation(scan_id, UploadCheck(ok=True))
 
 
 class Heartbeat:
@@ -129,13 +130,14 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
     except ScanCanceled:
         return None
     except InputError as exc:
-        return _fail(store, record.id, attempt, exc.category.value, exc.message)
+        return _fail(store, record.id, attempt, exc.category, exc.message)
     except SoftTimeLimitExceeded:
-        return _fail(store, record.id, attempt, "time-limit", "The scan ran past its time limit "
+        return _fail(store, record.id, attempt, ScanFailure.time_limit, "The scan ran past its time limit "
                      "(BDSCREEN_SCAN_TIME_LIMIT). Send fewer clean samples or fewer thresholds, or skip fine-tuning.")
     except Exception as exc:  # noqa: BLE001 - recorded as the scan's failure; the worker goes on
-        return _fail(store, record.id, attempt, "internal", f"The engine failed: {type(exc).__name__}: {exc}. "
-                     "This is a bug in bdscreen; please report it with the model's 'bdscreen inspect' output.")
+        return _fail(store, record.id, attempt, ScanFailure.internal,
+                     f"The engine failed: {type(exc).__name__}: {exc}. This is a bug in bdscreen; please report it "
+                     "with the model's 'bdscreen inspect' output.")
     with store.blobs.lock():
         digests = [store.blobs.put_file(work / artifact.name)[0] for artifact in report.artifacts]
         ended = store.records.finish(record.id, attempt, ScanState.succeeded, report=report.model_dump_json(),
@@ -146,6 +148,7 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
     return ScanState.succeeded
 
 
-def _fail(store: Store, scan_id: str, attempt: int, category: str, message: str) -> ScanState | None:
-    ended = store.records.finish(scan_id, attempt, ScanState.failed, error={"category": category, "message": message})
+def _fail(store: Store, scan_id: str, attempt: int, category: FailureCategory, message: str) -> ScanState | None:
+    error = ScanError(category=category, message=message).model_dump(mode="json")
+    ended = store.records.finish(scan_id, attempt, ScanState.failed, error=error)
     return ScanState.failed if ended else None

@@ -42,3 +42,11 @@ def test_readme_service_commands_parse():
     assert {c[0] for c in commands} == {"serve", "worker", "keys"}
     for argv in commands:
         assert _parser().parse_args(argv).command == argv[0]
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run must run exactly what the README tells a newcomer to run for the whole suite."""
+    command = next(line.strip() for line in README.splitlines() if line.strip().startswith("python3 -m venv")
+                   and "pytest" in line)
+    ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
+    assert command in ci.splitlines()

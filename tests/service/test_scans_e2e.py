@@ -12,6 +12,9 @@ from conftest import ROOT, post_scan, wait_scan
 
 from schemas.report import ScanReport, Verdict
 
+LONG_FACE_OPTIONS = ('{"preprocessing": {"divide_by": 255}, "detectors": [], '
+                     '"repair": {"thresholds": [2, 10], "fine_tune": true, "fine_tune_epochs": 500}}')
+
 
 def test_ci_client_scans_the_badnet_and_downloads_a_goodnet_that_runs_in_onnxruntime(deployment, faces, tmp_path):
     out = tmp_path / "artifacts"
@@ -40,10 +43,10 @@ def test_ci_client_scans_the_badnet_and_downloads_a_goodnet_that_runs_in_onnxrun
     assert np.array_equal(outputs["label"], outputs["scores"].argmax(1))
 
 
-def test_artifacts_stream_with_length_and_sha256_of_the_report(deployment):
+def test_artifacts_stream_with_length_and_sha256_of_the_report(deployment, faces):
     with deployment.client(deployment.keys["alice"]) as client:
+        scan = wait_scan(client, post_scan(client, faces["model"], clean_data=faces["clean"]).json()["id"])
         scans = client.get("/v1/scans").raise_for_status().json()
-        scan = next(s for s in scans["data"] if s["state"] == "succeeded" and s["verdict"] == "inconclusive")
         report = client.get(f"/v1/scans/{scan['id']}").json()["report"]
         artifact = next(a for a in report["artifacts"] if a["name"].startswith("goodnet"))
         response = client.get(f"/v1/scans/{scan['id']}/artifacts/{artifact['name']}")
@@ -123,7 +126,8 @@ def test_delete_cancels_a_running_scan_and_deletes_its_files(deployment, faces, 
     np.savez(unique, x=np.clip(data["x"].astype(np.int16) + 1, 0, 255).astype(np.uint8), y=data["y"])
     digest = hashlib.sha256(unique.read_bytes()).hexdigest()
     with deployment.client(deployment.keys["alice"]) as client:
-        scan_id = post_scan(client, faces["model"], clean_data=unique).json()["id"]
+        # 500 fine-tuning epochs keep it running for minutes, so the DELETE surely finds it running.
+        scan_id = post_scan(client, faces["model"], LONG_FACE_OPTIONS, clean_data=unique).json()["id"]
         wait_scan(client, scan_id, until=lambda s: s["state"] == "running", timeout=60)
         assert (deployment.storage / "blobs" / digest[:2] / digest).exists()
         deleted = client.delete(f"/v1/scans/{scan_id}")

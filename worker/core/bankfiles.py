@@ -78,12 +78,15 @@ class LitmusBank:
     @property
     def temperature(self) -> float:
         """The softmax temperature its classifier reads the patterns' outputs at (checked on load and save)."""
-        return feature_temperature(self.features)
+        temperature = feature_temperature(self.features)
+        assert temperature is not None, "checked on load and save"
+        return temperature
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """H x W x C of the images the bank's patterns are."""
-        return tuple(int(d) for d in self.patterns.shape[1:])
+        height, width, channels = (int(d) for d in self.patterns.shape[1:])
+        return height, width, channels
 
     def describe(self) -> str:
         height, width, channels = self.input_shape

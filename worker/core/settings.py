@@ -1,18 +1,18 @@
 """The one settings object of a deployment: the gateway, the workers and ``bdscreen serve`` read the same.
 
-Every field comes from an environment variable ``BDSCREEN_<FIELD>`` (upper case), or its default. The
-object refuses unsafe or inconsistent values when it is built, so a process fails at start-up rather than
-serving in open mode on a public address. It is torch-free: the gateway imports it.
+Every field comes from an environment variable ``BDSCREEN_<FIELD>`` (upper case), or its default, read by
+pydantic-settings; command-line flags come in as overrides. The object refuses unsafe or inconsistent values when
+it is built, so a process fails at start-up rather than serving in open mode on a public address. It is
+torch-free: the gateway imports it.
 """
 
 import ipaddress
-import os
 import re
 from enum import StrEnum
-from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "BDSCREEN_"
 
@@ -24,7 +24,9 @@ class AuthMode(StrEnum):
     open = "open"
 
 
-class Settings(BaseModel):
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=False)
+
     storage: Path = Field(default=Path.home() / ".local/share/bdscreen",
                           description="Uploads, artifacts, scan records and the embedded broker's folders; "
                                       "a shared volume when the gateway and the workers run on different machines.")
@@ -110,20 +112,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
-    """Build the settings from ``BDSCREEN_*`` variables; raises SystemExit with every problem on bad values."""
-    environ = os.environ if environ is None else environ
-    values = {name: environ[f"{ENV_PREFIX}{name.upper()}"] for name in Settings.model_fields
-              if f"{ENV_PREFIX}{name.upper()}" in environ}
+def load_settings(**overrides: object) -> Settings:
+    """The settings from ``BDSCREEN_*`` variables, with ``overrides`` (flags) on top; exits naming every bad value."""
     try:
-        return Settings.model_validate(values)
+        return Settings(**{name: value for name, value in overrides.items() if value is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(f"{ENV_PREFIX}{'.'.join(map(str, e['loc'])).upper() or 'SETTINGS'}: {e['msg']}"
                              for e in exc.errors())
         raise SystemExit(f"bdscreen: bad settings: {problems}") from None
 
 
-@lru_cache
+_current: Settings | None = None
+
+
 def get_settings() -> Settings:
-    """The process's settings, read once."""
-    return settings_from_env()
+    """The process's settings, read once (or those :func:`use_settings` installed)."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def use_settings(settings: Settings | None) -> None:
+    """Make ``settings`` the process's settings (None: read the environment again on next use)."""
+    global _current
+    _current = settings

@@ -63,7 +63,8 @@ class FileKind(StrEnum):
 
 
 class _Decompressor(Protocol):
-    eof: bool
+    @property
+    def eof(self) -> bool: ...
 
     def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
 
@@ -121,7 +122,7 @@ def pickle_protocol(prefix: bytes) -> int | None:
     try:
         for opcode, argument, _position in pickletools.genops(stream):
             if not names and opcode.name == "PROTO":
-                declared = int(argument)
+                declared = int(argument)  # type: ignore[arg-type]  # PROTO always carries an int
             if opcode.name in ("GLOBAL", "INST") and not _is_import_argument(argument):
                 return None
             names.append(opcode.name)

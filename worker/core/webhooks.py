@@ -54,7 +54,7 @@ def check_callback_url(url: str, settings: Settings) -> None:
             infos = socket.getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise OptionError(f"callback_url: the host {host!r} does not resolve ({exc}).") from None
-        addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
+        addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
     for address in addresses:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped

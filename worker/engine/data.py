@@ -1,8 +1,8 @@
 """Clean data for the algorithms: readers for HDF5, NPZ, MNIST idx and PNG folders, and user preprocessing.
 
 Readers return raw values as stored (for images 0-255) as float32, already in the model's input layout;
-scaling is what the user declares in :class:`Preprocessing`, never guessed, because models differ (the lab3
-BadNet takes raw pixels, the CSAW-2020 BadNets take x/255). Every declared size is checked against the
+scaling is what the user declares (:class:`~worker.engine.preprocess.Preprocessing`), never guessed: models
+differ (the lab3 BadNet takes raw pixels, the CSAW-2020 BadNets take x/255). Every declared size is checked against the
 limits before the data is read, and every failure is a :class:`~worker.core.errors.DataError`.
 """
 
@@ -42,64 +42,6 @@ _IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _GRAYSCALE_MODES = ("1", "L", "LA")
 
 Conversion = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the model expects: ``(x / divide_by - mean) / std`` per channel, optionally after RGB -> BGR.
-
-    ``mean`` and ``std`` hold one value or one per channel, in the model's channel order.
-    """
-
-    divide_by: float = 1.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    bgr: bool = False
-
-    def __post_init__(self) -> None:
-        # Accept lists from option parsers while keeping the instance hashable.
-        object.__setattr__(self, "mean", _finite_values("mean", self.mean))
-        object.__setattr__(self, "std", _finite_values("std", self.std))
-        (divide_by,) = _finite_values("divide_by", (self.divide_by,))
-        if divide_by == 0:
-            raise OptionError("divide_by must not be 0.")
-        if any(value == 0 for value in self.std):
-            raise OptionError(f"std must not contain 0 (got {self.std}).")
-        if len(self.mean) > 1 and len(self.std) > 1 and len(self.mean) != len(self.std):
-            raise OptionError(f"mean has {len(self.mean)} values but std has {len(self.std)}.")
-
-    def apply(self, x: np.ndarray, layout: InputLayout) -> np.ndarray:
-        """Preprocess a batch ``x`` (N first, in ``layout``); returns a new float32 array."""
-        per_channel = len(self.mean) > 1 or len(self.std) > 1 or self.bgr
-        if layout == InputLayout.flat:
-            if per_channel:
-                raise OptionError("Per-channel mean/std and bgr need image input, but the model takes flat vectors.")
-            return ((np.asarray(x, np.float32) / self.divide_by - self.mean[0]) / self.std[0]).astype(np.float32)
-        axis = 1 if layout == InputLayout.nchw else x.ndim - 1
-        channels = x.shape[axis]
-        for name, values in (("mean", self.mean), ("std", self.std)):
-            if len(values) not in (1, channels):
-                raise OptionError(f"{name} has {len(values)} values but the data has {channels} channels.")
-        if self.bgr and channels != 3:
-            raise OptionError(f"bgr swaps 3 colour channels but the data has {channels}.")
-        out = np.asarray(x, np.float32)
-        if self.bgr:
-            out = np.flip(out, axis)
-        broadcast = [1] * out.ndim
-        broadcast[axis] = -1
-        mean = np.asarray(self.mean, np.float32).reshape(broadcast)
-        std = np.asarray(self.std, np.float32).reshape(broadcast)
-        return np.ascontiguousarray((out / np.float32(self.divide_by) - mean) / std, dtype=np.float32)
-
-
-def _finite_values(name: str, values: tuple[float, ...]) -> tuple[float, ...]:
-    try:
-        numbers = tuple(float(value) for value in values)
-    except (TypeError, ValueError) as error:
-        raise OptionError(f"{name} must be numbers (got {values!r}).") from error
-    if not numbers or not all(math.isfinite(number) for number in numbers):
-        raise OptionError(f"{name} must be one or more finite numbers (got {values!r}).")
-    return numbers
 
 
 @dataclass

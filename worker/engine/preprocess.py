@@ -1,11 +1,13 @@
-"""Raw pixels (N x H x W x C, 0-255) to what a model takes: its preprocessing, then its input layout.
+"""Raw values to what a model takes: the user's declared scaling (:class:`Preprocessing`), then the input layout.
 
-Litmus patterns and zoo data live in raw pixel space, so that one bank serves models with different
-preprocessing; these differentiable torch versions of :meth:`worker.engine.data.Preprocessing.apply` sit between the
-pixels and the model, for training patterns as well as for scanning.
+One module for both forms: numpy (:meth:`Preprocessing.apply`, for data files) and differentiable torch on
+N x H x W x C raw pixels (:func:`preprocess`, :func:`model_input`), which sits between pixels and the model for
+litmus patterns, reversed triggers and zoo training. Triggers and patterns live in raw pixel space, so one serves
+models with different preprocessing. Both take their per-channel values from :meth:`Preprocessing.per_channel`.
 """
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,7 +15,6 @@ from torch import Tensor
 
 from schemas.models import InputLayout, ModelSignature
 from worker.core.errors import OptionError
-from worker.engine.data import Preprocessing
 
 
 def channel_values(name: str, values: tuple[float, ...], channels: int) -> tuple[float, ...]:
@@ -25,15 +26,73 @@ def channel_values(name: str, values: tuple[float, ...], channels: int) -> tuple
     return values
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the model expects: ``(x / divide_by - mean) / std`` per channel, optionally after RGB -> BGR.
+
+    ``mean`` and ``std`` hold one value or one per channel, in the model's channel order.
+    """
+
+    divide_by: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    bgr: bool = False
+
+    def __post_init__(self) -> None:
+        # Accept lists from option parsers while keeping the instance hashable.
+        object.__setattr__(self, "mean", _finite_values("mean", self.mean))
+        object.__setattr__(self, "std", _finite_values("std", self.std))
+        (divide_by,) = _finite_values("divide_by", (self.divide_by,))
+        if divide_by == 0:
+            raise OptionError("divide_by must not be 0.")
+        if any(value == 0 for value in self.std):
+            raise OptionError(f"std must not contain 0 (got {self.std}).")
+        if len(self.mean) > 1 and len(self.std) > 1 and len(self.mean) != len(self.std):
+            raise OptionError(f"mean has {len(self.mean)} values but std has {len(self.std)}.")
+
+    def per_channel(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``mean`` and ``std`` spread over ``channels``; the one check that they and ``bgr`` fit the images."""
+        if self.bgr and channels != 3:
+            raise OptionError(f"bgr swaps 3 colour channels but the images have {channels}.")
+        return channel_values("mean", self.mean, channels), channel_values("std", self.std, channels)
+
+    def apply(self, x: np.ndarray, layout: InputLayout) -> np.ndarray:
+        """Preprocess a batch ``x`` (N first, in ``layout``); returns a new float32 array."""
+        per_channel = len(self.mean) > 1 or len(self.std) > 1 or self.bgr
+        if layout == InputLayout.flat:
+            if per_channel:
+                raise OptionError("Per-channel mean/std and bgr need image input, but the model takes flat vectors.")
+            return ((np.asarray(x, np.float32) / self.divide_by - self.mean[0]) / self.std[0]).astype(np.float32)
+        axis = 1 if layout == InputLayout.nchw else x.ndim - 1
+        mean_values, std_values = self.per_channel(x.shape[axis])
+        out = np.asarray(x, np.float32)
+        if self.bgr:
+            out = np.flip(out, axis)
+        broadcast = [1] * out.ndim
+        broadcast[axis] = -1
+        mean = np.asarray(mean_values, np.float32).reshape(broadcast)
+        std = np.asarray(std_values, np.float32).reshape(broadcast)
+        return np.ascontiguousarray((out / np.float32(self.divide_by) - mean) / std, dtype=np.float32)
+
+
+def _finite_values(name: str, values: tuple[float, ...]) -> tuple[float, ...]:
+    try:
+        numbers = tuple(float(value) for value in values)
+    except (TypeError, ValueError) as error:
+        raise OptionError(f"{name} must be numbers (got {values!r}).") from error
+    if not numbers or not all(math.isfinite(number) for number in numbers):
+        raise OptionError(f"{name} must be one or more finite numbers (got {values!r}).")
+    return numbers
+
+
+
 def preprocess(x: Tensor, preprocessing: Preprocessing) -> Tensor:
     """``(x / divide_by - mean) / std`` per channel on N x H x W x C raw pixels (after RGB -> BGR if asked)."""
-    channels = x.shape[-1]
+    mean_values, std_values = preprocessing.per_channel(x.shape[-1])
     if preprocessing.bgr:
-        if channels != 3:
-            raise OptionError(f"bgr swaps 3 colour channels but the images have {channels}.")
         x = x.flip(-1)
-    mean = torch.tensor(channel_values("mean", preprocessing.mean, channels), dtype=x.dtype, device=x.device)
-    std = torch.tensor(channel_values("std", preprocessing.std, channels), dtype=x.dtype, device=x.device)
+    mean = torch.tensor(mean_values, dtype=x.dtype, device=x.device)
+    std = torch.tensor(std_values, dtype=x.dtype, device=x.device)
     return (x / preprocessing.divide_by - mean) / std
 
 

@@ -8,10 +8,6 @@ listed in the report with its size and sha256. A detector that crashes is record
 """
 
 import hashlib
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -21,27 +17,15 @@ from schemas.report import Artifact, Finding, ScanReport, StageError
 from schemas.scan import DetectorName, ScanOptions
 from worker.core.errors import InputError, OptionError
 from worker.engine.canonical import default_device
-from worker.engine.data import Preprocessing, read_dataset
+from worker.engine.data import read_dataset
 from worker.engine.detect import DETECTORS, DetectionContext
 from worker.engine.detect.verdict import judge
 from worker.engine.formats import read_model
-
-#: Called with (stage, fraction of the whole scan done).
-ProgressFn = Callable[[str, float], None]
+from worker.engine.preprocess import Preprocessing
+from worker.engine.stages import ProgressFn, ScanInputs, Stages
 
 MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".onnx": "application/onnx",
                ".h5": "application/x-hdf5"}
-
-
-@dataclass(frozen=True)
-class ScanInputs:
-    """The files of one scan; data files hold raw values (see :mod:`worker.engine.data`)."""
-
-    model: Path
-    architecture: Path | None = None
-    clean_data: Path | None = None
-    eval_data: Path | None = None
-    poisoned_data: Path | None = None
 
 
 def bdscreen_version() -> str:
@@ -49,23 +33,6 @@ def bdscreen_version() -> str:
         return version("bdscreen")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-class Stages:
-    """Times the stages of a scan and reports progress."""
-
-    def __init__(self, progress: ProgressFn | None) -> None:
-        self.progress = progress or (lambda stage, fraction: None)
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str, start: float) -> Iterator[None]:
-        self.progress(name, start)
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - began, 4)
 
 
 def preprocessing_of(options: ScanOptions) -> Preprocessing:

@@ -22,8 +22,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from schemas.models import InputLayout
 from worker.core.errors import OptionError
 from worker.engine.canonical import default_device
-from worker.engine.data import Preprocessing
-from worker.engine.preprocess import channel_values, to_layout
+from worker.engine.preprocess import Preprocessing, channel_values, to_layout
 from worker.zoo.grouped import groupable, grouped_forward
 
 #: seed -> a freshly initialised module returning logits.

@@ -21,8 +21,7 @@ from torch import nn
 from schemas.models import InputLayout
 from worker.core.errors import DataError, OptionError
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Preprocessing
-from worker.engine.preprocess import image_shape_of, model_input
+from worker.engine.preprocess import Preprocessing, image_shape_of, model_input
 from worker.zoo.architectures import OWN_ARCHITECTURE, member_layout, reinitialised_copy, seeded_family
 from worker.zoo.attack_sampling import full_image_stamp
 from worker.zoo.batched import Builder, TrainingJob, train_batched

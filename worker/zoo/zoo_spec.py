@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worker.core.errors import OptionError
-from worker.engine.data import Preprocessing
+from worker.engine.preprocess import Preprocessing
 from worker.zoo.architectures import FAMILIES, OWN_ARCHITECTURE
 from worker.zoo.attack_sampling import TRIGGER_KINDS, Attack, AttackRanges, sample_attack
 from worker.zoo.batched import TrainingSettings

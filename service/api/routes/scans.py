@@ -1,6 +1,6 @@
 """``/v1/scans``: upload a model to scan, follow it, list, cancel and delete scans."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -18,7 +18,7 @@ from worker.core.webhooks import callback_url
 
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
-PROBLEMS = {status: {"model": Problem, "content": {"application/problem+json": {}}}
+PROBLEMS: dict[int | str, dict[str, Any]] = {status: {"model": Problem, "content": {"application/problem+json": {}}}
             for status in (400, 401, 404, 413, 415, 422, 503)}
 _FILE = {"type": "string", "format": "binary"}
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -55,10 +55,10 @@ async def create_scan(request: Request, response: Response, caller: CallerDep, s
     try:
         await to_thread.run_sync(dispatcher.send, "bdscreen.validate", record.id)
         outcome = await dispatcher.wait_for_validation(record.id)
-        if outcome is not None and not outcome.get("ok"):
+        if outcome is not None and not outcome.ok:
             await to_thread.run_sync(store.delete_scan, record.id, True)
-            refusal = InputError(outcome["message"])
-            refusal.category = ErrorCategory(outcome["category"])
+            refusal = InputError(outcome.message or "the upload check refused the input")
+            refusal.category = outcome.category or ErrorCategory.bad_option
             raise refusal
         await to_thread.run_sync(dispatcher.send_scan, record.id)
     except OperationalError as exc:

@@ -10,7 +10,8 @@ import pytest
 
 from schemas.models import InputLayout, ModelFormat, ModelSignature
 from worker.core.errors import DataError, OptionError, TooLargeError
-from worker.engine.data import Preprocessing, read_dataset, read_image_folder, read_mnist_idx
+from worker.engine.data import read_dataset, read_image_folder, read_mnist_idx
+from worker.engine.preprocess import Preprocessing
 
 
 def signature(shape: list[int], layout: InputLayout = InputLayout.nhwc, num_classes: int = 1283) -> ModelSignature:
@@ -174,7 +175,7 @@ def test_preprocessing_scalar_on_flat_input() -> None:
 
 
 def test_preprocessing_mismatches_are_option_errors() -> None:
-    with pytest.raises(OptionError, match="mean has 3 values but the data has 1 channels"):
+    with pytest.raises(OptionError, match="mean has 3 values but the images have 1 channels"):
         Preprocessing(mean=(1, 2, 3)).apply(np.zeros((1, 28, 28, 1)), InputLayout.nhwc)
     with pytest.raises(OptionError, match="bgr"):
         Preprocessing(bgr=True).apply(np.zeros((1, 1, 28, 28)), InputLayout.nchw)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from schemas.models import InputLayout
-from worker.engine.data import Preprocessing
 from worker.engine.formats import read_model
+from worker.engine.preprocess import Preprocessing
 from worker.zoo.architectures import reinitialised_copy, seeded_family
 from worker.zoo.attack_sampling import full_image_stamp, sample_attack
 from worker.zoo.batched import TrainingJob, TrainingSettings, train_batched, train_sequential

@@ -7,8 +7,8 @@ from torch import nn
 
 from schemas.models import InputLayout
 from worker.core.bankfiles import LitmusBank
-from worker.engine.data import Preprocessing
 from worker.engine.detect.ulp import litmus_features
+from worker.engine.preprocess import Preprocessing
 from worker.zoo.metrics import calibrate_threshold, false_positive_rate, roc_auc
 from worker.zoo.ulp_training import UlpSettings, bank_scores, minibatch_gradients, train_ulp
 from worker.zoo.zoo import ZooMember

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from worker.engine.data import Preprocessing
+from worker.engine.preprocess import Preprocessing
 from worker.zoo.attack_sampling import AttackRanges
 from worker.zoo.zoo import ModelRecord, cache_root, generate_zoo, judge
 from worker.zoo.zoo_spec import plan_candidates

@@ -10,13 +10,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from schemas.api import ScanState
+from schemas.api import ScanState, UploadCheck
+from schemas.problems import ScanFailure
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scans (
@@ -136,8 +137,8 @@ class Records:
         row = db.execute(f"SELECT * FROM scans WHERE {where}", args).fetchone()
         return None if row is None else _record(row)
 
-    def set_validation(self, scan_id: str, result: dict) -> None:
-        self._db().execute("UPDATE scans SET validation = ? WHERE id = ?", (json.dumps(result), scan_id))
+    def set_validation(self, scan_id: str, result: UploadCheck) -> None:
+        self._db().execute("UPDATE scans SET validation = ? WHERE id = ?", (result.model_dump_json(), scan_id))
 
     def mark_dispatched(self, scan_id: str) -> None:
         self._db().execute("UPDATE scans SET dispatched_at = ? WHERE id = ?", (time.time(), scan_id))
@@ -152,7 +153,8 @@ class Records:
             if rec.state == ScanState.running and (rec.heartbeat_at or 0) > now - lease:
                 return Claim.busy, rec.attempt
             if rec.attempt >= max_attempts:
-                error = {"category": "interrupted", "message": f"The scan was started {rec.attempt} times and never "
+                error = {"category": ScanFailure.interrupted.value,
+                         "message": f"The scan was started {rec.attempt} times and never "
                          "finished: its worker was lost or killed by the hard time limit each time. Retry with "
                          "fewer or smaller data files, or ask the operator to raise BDSCREEN_SCAN_TIME_LIMIT."}
                 db.execute("UPDATE scans SET state = ?, error = ?, ended_at = ? WHERE id = ?",
@@ -172,7 +174,8 @@ class Records:
         return cursor.rowcount == 1
 
     def finish(self, scan_id: str, attempt: int, state: ScanState, *, report: str | None = None,
-               error: dict | None = None, artifacts: list[str] = (), timings: dict[str, float] | None = None) -> bool:
+               error: dict | None = None, artifacts: Sequence[str] = (),
+               timings: dict[str, float] | None = None) -> bool:
         """End this attempt's scan; False (and nothing written) when it no longer owns it."""
         now = time.time()
         with self._tx() as db:

@@ -16,9 +16,9 @@ import torch
 
 from schemas.report import Finding
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Dataset, Preprocessing
+from worker.engine.data import Dataset
 from worker.engine.detect.trigger import ReversedTrigger
-from worker.engine.preprocess import to_images
+from worker.engine.preprocess import Preprocessing, to_images
 
 
 @dataclass

@@ -14,9 +14,8 @@ from schemas.models import InputLayout, ModelSignature
 from schemas.report import Finding
 from worker.core.bankfiles import LitmusBank, find_banks
 from worker.core.errors import OptionError
-from worker.engine.data import Preprocessing
 from worker.engine.detect.base import DetectionContext
-from worker.engine.preprocess import image_shape_of, model_input
+from worker.engine.preprocess import Preprocessing, image_shape_of, model_input
 
 
 def litmus_features(patterns: Tensor, module: nn.Module, layout: InputLayout, preprocessing: Preprocessing,

@@ -7,7 +7,6 @@ evaluation set is given. Poisoned data only ever reports attack success; it neve
 """
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,18 +16,17 @@ from schemas.report import CurvePoint, DataSplit, GoodNetResult, Metrics, Repair
 from schemas.scan import ScanOptions
 from worker.core.errors import DataError
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Preprocessing, read_dataset
+from worker.engine.data import read_dataset
 from worker.engine.formats.keras_h5 import write_keras_h5
 from worker.engine.formats.onnx_export import export_onnx
+from worker.engine.preprocess import Preprocessing
 from worker.engine.repair.finetune import fine_tune
 from worker.engine.repair.goodnet import GoodNet, evaluate_goodnet, export_goodnet_onnx
 from worker.engine.repair.layers import pruned_copy, resolve_prune_layer
 from worker.engine.repair.plot import plot_repair
 from worker.engine.repair.ranking import rank_channels
 from worker.engine.repair.sweep import EvalSet, accuracy, prune_sweep
-
-if TYPE_CHECKING:
-    from worker.engine.scan import ScanInputs, Stages
+from worker.engine.stages import ScanInputs, Stages
 
 MIN_SAMPLES = 10
 FINE_TUNE_VALIDATION = 0.2
@@ -53,7 +51,7 @@ def split(data: EvalSet, fraction: float, seed: int, what: str) -> tuple[EvalSet
     return EvalSet(data.x[rest], data.y[rest]), EvalSet(data.x[part], data.y[part])
 
 
-def run_repair(model: CanonicalModel, inputs: "ScanInputs", options: ScanOptions, preprocessing: Preprocessing,
+def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, preprocessing: Preprocessing,
                out_dir: Path, stages: "Stages") -> tuple[RepairReport, list[GoodNetResult]]:
     opts = options.repair
     with stages.stage("data", 0.1):

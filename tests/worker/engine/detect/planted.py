@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from worker.engine.canonical import CanonicalModel
-from worker.engine.data import Dataset, Preprocessing
+from worker.engine.data import Dataset
 from worker.engine.detect.trigger import ReversedTrigger
 from worker.engine.formats import read_model
+from worker.engine.preprocess import Preprocessing
 
 SIDE = 8
 HIDDEN = 16
