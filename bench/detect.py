@@ -33,18 +33,20 @@ from schemas.scan import DetectorName
 from worker.engine.data import Dataset, read_mnist_idx
 from worker.engine.detect import DETECTORS
 from worker.engine.detect.base import DetectionContext
+from worker.engine.detect.trigger import ReversedTrigger
 from worker.engine.detect.verdict import CALIBRATION_FILE, Calibration, judge, load_calibration, statistic_of
 from worker.engine.formats import read_model
 from worker.engine.scan import run_detectors
-from worker.zoo.attack_sampling import AttackRanges
+from worker.zoo.attack_sampling import Attack, AttackRanges, full_image_stamp
 from worker.zoo.batched import TrainingSettings
-from worker.zoo.calibrate import STATISTICS, Sample, fit_calibration
+from worker.zoo.calibrate import STATISTICS, Sample, every_subset, fit_calibration
 from worker.zoo.metrics import roc_auc
 from worker.zoo.zoo import ZooMember, cache_root, generate_zoo
-from worker.zoo.zoo_spec import ZooSpec
+from worker.zoo.zoo_spec import ZooSpec, plan_candidates
 
 FAMILIES = ("cnn2-max", "cnn1-bn", "mlp", "lenet-tanh")
 KINDS = ("patch", "sparse", "blend", "all-to-all")
+ORACLE_DETECTORS = ("linf", "latent")
 CLEAN_IMAGES = 200  # the detectors' clean set: images 3000-3199 of t10k, which no zoo model trained on
 
 
@@ -82,8 +84,17 @@ def canonical_copy(member: ZooMember, folder: Path):
     return read_model(path)
 
 
-def findings_of(member: ZooMember, clean: Dataset, cache: Path, folder: Path) -> dict[str, tuple[Finding, float]]:
-    """Every detector's finding on one zoo model, with its seconds; from the cache when there."""
+def oracle_trigger(attack: Attack) -> ReversedTrigger:
+    """A zoo attack's own trigger as a trigger detector would report it (all-to-all: target 0 stands in)."""
+    pattern, alpha = full_image_stamp(attack.trigger, (28, 28, 1))
+    return ReversedTrigger(target=attack.poisoning.target or 0, mask=alpha[..., 0], pattern=pattern,
+                           attack_success=1.0)
+
+
+def findings_of(member: ZooMember, clean: Dataset, cache: Path, folder: Path,
+                oracle: ReversedTrigger | None = None) -> dict[str, tuple[Finding, float]]:
+    """Every detector's finding on one zoo model, with its seconds; from the cache when there. With ``oracle``,
+    only the detectors that read triggers run, on that trigger alone."""
     path = cache / f"{member.record.index:06d}.json"
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -91,8 +102,11 @@ def findings_of(member: ZooMember, clean: Dataset, cache: Path, folder: Path) ->
     model = canonical_copy(member, folder)
     context = DetectionContext(model=model, preprocessing=member.preprocessing, clean=clean,
                                device=torch.device("cpu"), seed=0, out_dir=folder)
+    if oracle is not None:
+        context.triggers.append(oracle)
     results: dict[str, tuple[Finding, float]] = {}
-    for name in DETECTORS:  # one at a time, in the scan's order, through the scan's own runner (for the timing)
+    for name in ORACLE_DETECTORS if oracle is not None else DETECTORS:
+        # One at a time, in the scan's order, through the scan's own runner (for the timing).
         start = time.perf_counter()
         found, errors = run_detectors([DetectorName(name)], context)
         if errors:
@@ -112,7 +126,7 @@ def sample_of(member: ZooMember, results: dict[str, tuple[Finding, float]]) -> S
     return Sample(member.backdoored, member.record.family, kind_of(member), statistics)
 
 
-def held_out_scores(samples: list[Sample], findings: list[list[Finding]], chosen: tuple[str, ...],
+def held_out_scores(samples: list[Sample], findings: list[list[Finding]], chosen: list[tuple[str, ...]],
                     threshold: float) -> np.ndarray:
     """Each model's verdict score from a calibration that saw neither its family nor (if backdoored) its kind."""
     scores = np.zeros(len(samples))
@@ -123,7 +137,7 @@ def held_out_scores(samples: list[Sample], findings: list[list[Finding]], chosen
             training = [s for s in samples
                         if s.family != sample.family and (s.kind == "clean" or s.kind != sample.kind)]
             fits[key] = calibration_from(fit_calibration(training, chosen, threshold))
-        used = [f for f in findings[i] if f.detector in chosen]
+        used = [f for f in findings[i] if any(f.detector in subset for subset in chosen)]
         scores[i] = judge(used, fits[key]).score or 0.0
     return scores
 
@@ -195,9 +209,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--models-per-family", type=int, default=14)
-    parser.add_argument("--verdict", default=None, help="detectors the verdict combines (default: the shipped set)")
+    parser.add_argument("--verdict", default=None,
+                        help="detector sets the verdict is calibrated for, in order of preference: 'ulp;mmbd' "
+                             "(default: the shipped calibration's sets)")
     parser.add_argument("--write-calibration", action="store_true", help=f"fit and write {CALIBRATION_FILE.name}")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--oracle-triggers", action="store_true",
+                        help="measure linf and latent with each backdoored model's own trigger (clean models: the "
+                             "trigger of another zoo model) instead of the verdict")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     images, labels = read_mnist_idx(FIXTURES / "mnist" / "t10k-images-idx3-ubyte.gz",
@@ -210,13 +229,20 @@ def main() -> None:
           f"({time.perf_counter() - start:.0f} s)")
     clean = Dataset(images[3000:3000 + CLEAN_IMAGES].transpose(0, 3, 1, 2).copy(),
                     labels[3000:3000 + CLEAN_IMAGES].astype(np.int64))
-    cache = cache_root() / "detect-stats" / zoo.key / detectors_key()
+    cache = cache_root() / "detect-stats" / zoo.key / (detectors_key() + ("-oracle" if args.oracle_triggers else ""))
     cache.mkdir(parents=True, exist_ok=True)
     members = zoo.members()
+    plan = {c.index: c.attack for c in plan_candidates(spec)}
+    attacks = [a for a in plan.values() if a is not None]
     samples, findings, seconds = [], [], {}
     with tempfile.TemporaryDirectory() as folder:
         for number, member in enumerate(members):
-            results = findings_of(member, clean, cache, Path(folder))
+            oracle = None
+            if args.oracle_triggers:
+                attack = plan[member.record.index] if member.backdoored \
+                    else attacks[member.record.index % len(attacks)]
+                oracle = oracle_trigger(attack)
+            results = findings_of(member, clean, cache, Path(folder), oracle)
             samples.append(sample_of(member, results))
             findings.append([f for f, _ in results.values()])
             for name, (_, took) in results.items():
@@ -226,17 +252,25 @@ def main() -> None:
     labels_ = np.array([s.backdoored for s in samples])
     table("Detectors on every kept model (AUC of each statistic; TPR/FPR at the detector's own threshold, if any)",
           detector_rows(labels_, findings, seconds))
+    if args.oracle_triggers:
+        return
     shipped = load_calibration() if CALIBRATION_FILE.is_file() else None
-    chosen = tuple(args.verdict.split(",")) if args.verdict else tuple(
-        sorted({f.detector for r in shipped.regressions for f in r.features})) if shipped else tuple(STATISTICS)
+    if args.verdict:
+        chosen = [tuple(part.split(",")) for part in args.verdict.split(";")]
+    elif shipped:
+        chosen = [tuple(sorted(r.detectors)) for r in shipped.regressions]
+    else:
+        chosen = every_subset(tuple(STATISTICS))
     threshold = shipped.threshold if shipped else 0.5
     scores = held_out_scores(samples, findings, chosen, threshold)
     total = float(np.mean([sum(seconds[n][i] for n in seconds) for i in range(len(samples))]))
-    table(f"Verdict of {', '.join(chosen)} (held-out family and kind; threshold {threshold:.2f})",
+    names = sorted({d for subset in chosen for d in subset})
+    sets = "; ".join(",".join(c) for c in chosen)
+    table(f"Verdict calibrated for {sets} (held-out family and kind; threshold {threshold:.2f})",
           [("verdict", f"{labels_.sum()}/{(~labels_).sum()}", *rates(labels_, scores, threshold), total),
            *breakdown(samples, scores, threshold)])
-    for dropped in chosen if len(chosen) > 1 else ():
-        rest = tuple(d for d in chosen if d != dropped)
+    for dropped in names if len(names) > 1 else ():
+        rest = [kept for subset in chosen if (kept := tuple(d for d in subset if d != dropped))]
         auc, tpr, fpr = rates(labels_, held_out_scores(samples, findings, rest, threshold), threshold)
         print(f"  without {dropped:10s} AUC {auc:.3f} TPR {tpr:.3f} FPR {fpr:.3f}")
     if args.write_calibration:

@@ -16,7 +16,7 @@ from worker.engine.detect.verdict import CALIBRATION_FORMAT
 
 #: The statistic each detector contributes to the verdict (an ``evidence`` key of its finding).
 STATISTICS = {"mmbd": "log_anomaly", "nc": "anomaly_index", "linf": "bias_shift", "latent": "entropy_shift",
-              "ulp": "score"}
+              "ulp": "log_odds"}
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,16 @@ def fit_regression(samples: list[Sample], detectors: tuple[str, ...]) -> dict | 
             "weights": [float(w) for w in weights], "intercept": intercept}
 
 
-def fit_calibration(samples: list[Sample], detectors: tuple[str, ...], threshold: float = 0.5,
+def every_subset(detectors: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every non-empty set of ``detectors``, largest first."""
+    names = sorted(detectors)
+    return [subset for size in range(len(names), 0, -1) for subset in itertools.combinations(names, size)]
+
+
+def fit_calibration(samples: list[Sample], sets: list[tuple[str, ...]], threshold: float = 0.5,
                     provenance: dict | None = None) -> dict:
-    """The calibration file's content: one regression per non-empty subset of ``detectors``."""
-    regressions = []
-    for size in range(1, len(detectors) + 1):
-        for subset in itertools.combinations(sorted(detectors), size):
-            entry = fit_regression(samples, subset)
-            if entry is not None:
-                regressions.append(entry)
+    """The calibration file's content: one regression per detector set in ``sets``, in that order (the verdict
+    prefers the earlier of two equally large sets)."""
+    regressions = [entry for subset in sets if (entry := fit_regression(samples, tuple(sorted(subset)))) is not None]
     return {"format": CALIBRATION_FORMAT, "threshold": threshold, "regressions": regressions,
             "provenance": provenance or {}}

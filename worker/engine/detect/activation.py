@@ -93,7 +93,9 @@ class LatentEntropyDetector:
             clean, stamped = _representations(context, trigger)
             results.append((*entropy_shift(clean, stamped, seed=context.seed), trigger, len(clean)))
         shift, clean_h, stamped_h, trigger, used = max(results, key=lambda item: abs(item[0]))
-        score, threshold = _scored(self.name, "entropy_shift", shift, 2.0)
+        # Uncalibrated, a drop counts as suspicious: with the zoo's own triggers, backdoored models' entropy fell
+        # further than clean models' did (bench.detect --oracle-triggers), against the seed's "entropy rises".
+        score, threshold = _scored(self.name, "entropy_shift", shift, -2.0)
         reason = (f"With the reversed trigger for class {trigger.target} stamped, the entropy of the penultimate "
                   f"representation (8 principal components, vine copula with kernel margins) goes from "
                   f"{clean_h:.2f} to {stamped_h:.2f} nats.")

@@ -5,8 +5,10 @@ anomaly index, ...). A logistic regression on those statistics turns them into a
 backdoored. Detectors are missing whenever they do not apply (no clean data, no litmus bank for the task), so the
 calibration file holds one regression per *set* of detectors, each fitted on the same zoo with only those
 statistics: a scan uses the regression of exactly the detectors that ran, else the largest calibrated set among
-them. The calibration is a small JSON file shipped in the package (``calibration/verdict.json``), fitted by
-``python -m bench.detect --write-calibration`` on generated zoos; no pickles.
+them (sets that did not add to the verdict on the development zoo are left out of the file, so their
+detectors are reported but not weighed). The calibration is a small JSON file shipped in the package
+(``calibration/verdict.json``), fitted by ``python -m bench.detect --write-calibration`` on generated zoos; no
+pickles.
 
 The verdict is ``inconclusive`` only when no applicable detector produced a statistic; a detector that crashed is
 an error of the scan (``ScanReport.errors``), not evidence of either answer.
@@ -71,11 +73,10 @@ class Calibration:
     provenance: dict
 
     def regression_for(self, available: set[str]) -> Regression | None:
-        """The regression of exactly ``available`` detectors, else of the largest calibrated subset of them."""
-        fitting = [r for r in self.regressions if r.detectors <= available]
-        if not fitting:
-            return None
-        return max(fitting, key=lambda r: (len(r.detectors), sorted(r.detectors)))
+        """The regression of exactly ``available`` detectors, else of the largest calibrated subset of them (of two
+        equally large ones, the one listed first: the file lists them in order of preference)."""
+        fitting = [(len(r.detectors), -i, r) for i, r in enumerate(self.regressions) if r.detectors <= available]
+        return max(fitting, key=lambda item: item[:2])[2] if fitting else None
 
 
 @lru_cache(maxsize=8)
