@@ -127,7 +127,7 @@ def sample_of(member: ZooMember, results: dict[str, tuple[Finding, float]]) -> S
 
 
 def held_out_scores(samples: list[Sample], findings: list[list[Finding]], chosen: list[tuple[str, ...]],
-                    threshold: float) -> np.ndarray:
+                    threshold: float, combine: str) -> np.ndarray:
     """Each model's verdict score from a calibration that saw neither its family nor (if backdoored) its kind."""
     scores = np.zeros(len(samples))
     fits: dict[tuple[str, str], Calibration] = {}
@@ -136,7 +136,7 @@ def held_out_scores(samples: list[Sample], findings: list[list[Finding]], chosen
         if key not in fits:
             training = [s for s in samples
                         if s.family != sample.family and (s.kind == "clean" or s.kind != sample.kind)]
-            fits[key] = calibration_from(fit_calibration(training, chosen, threshold))
+            fits[key] = calibration_from(fit_calibration(training, chosen, threshold, combine=combine))
         used = [f for f in findings[i] if any(f.detector in subset for subset in chosen)]
         scores[i] = judge(used, fits[key]).score or 0.0
     return scores
@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--verdict", default=None,
                         help="detector sets the verdict is calibrated for, in order of preference: 'ulp;mmbd' "
                              "(default: the shipped calibration's sets)")
+    parser.add_argument("--combine", choices=("logistic", "max"), default=None,
+                        help="how the verdict combines the detectors (default: the shipped calibration's way)")
     parser.add_argument("--write-calibration", action="store_true", help=f"fit and write {CALIBRATION_FILE.name}")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--oracle-triggers", action="store_true",
@@ -262,16 +264,17 @@ def main() -> None:
     else:
         chosen = every_subset(tuple(STATISTICS))
     threshold = shipped.threshold if shipped else 0.5
-    scores = held_out_scores(samples, findings, chosen, threshold)
+    combine = args.combine or (shipped.combine if shipped else "logistic")
+    scores = held_out_scores(samples, findings, chosen, threshold, combine)
     total = float(np.mean([sum(seconds[n][i] for n in seconds) for i in range(len(samples))]))
     names = sorted({d for subset in chosen for d in subset})
     sets = "; ".join(",".join(c) for c in chosen)
-    table(f"Verdict calibrated for {sets} (held-out family and kind; threshold {threshold:.2f})",
+    table(f"Verdict ({combine}) calibrated for {sets} (held-out family and kind; threshold {threshold:.2f})",
           [("verdict", f"{labels_.sum()}/{(~labels_).sum()}", *rates(labels_, scores, threshold), total),
            *breakdown(samples, scores, threshold)])
     for dropped in names if len(names) > 1 else ():
         rest = [kept for subset in chosen if (kept := tuple(d for d in subset if d != dropped))]
-        auc, tpr, fpr = rates(labels_, held_out_scores(samples, findings, rest, threshold), threshold)
+        auc, tpr, fpr = rates(labels_, held_out_scores(samples, findings, rest, threshold, combine), threshold)
         print(f"  without {dropped:10s} AUC {auc:.3f} TPR {tpr:.3f} FPR {fpr:.3f}")
     if args.write_calibration:
         auc, tpr, fpr = rates(labels_, scores, threshold)
@@ -279,7 +282,7 @@ def main() -> None:
                       "models": len(samples), "backdoored": int(labels_.sum()),
                       "held_out": {"auc": auc, "tpr": tpr, "fpr": fpr},
                       "made_by": "python -m bench.detect --write-calibration"}
-        content = fit_calibration(samples, chosen, threshold, provenance)
+        content = fit_calibration(samples, chosen, threshold, provenance, combine)
         CALIBRATION_FILE.parent.mkdir(exist_ok=True)
         CALIBRATION_FILE.write_text(json.dumps(content, indent=1) + "\n")
         print(f"wrote {CALIBRATION_FILE}")

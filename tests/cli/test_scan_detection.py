@@ -2,12 +2,25 @@
 
 import argparse
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli.main import main
 from cli.scan import options_from_args
 from schemas.scan import DetectorName
+
+
+@pytest.fixture(scope="module")
+def clean_mnist(reference_inputs, tmp_path_factory, fixtures) -> Path:
+    from worker.engine.data import read_mnist_idx
+
+    _, labels = read_mnist_idx(fixtures / "mnist/t10k-images-idx3-ubyte.gz",
+                               fixtures / "mnist/t10k-labels-idx1-ubyte.gz", limit=300)
+    path = tmp_path_factory.mktemp("data") / "clean.npz"
+    np.savez(path, x=reference_inputs["mnist"][:300].astype(np.uint8), y=labels)
+    return path
 
 
 def args(**given) -> argparse.Namespace:
@@ -30,12 +43,14 @@ def test_an_unknown_detector_names_the_flag_and_exits_2(fixtures, capsys):
     assert code == 2 and "--detectors" in err and "strip" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("flag", ["--no-repair"])
-def test_no_repair_scans_with_the_data_free_detector_and_explains_the_verdict(fixtures, tmp_path, capsys, flag):
-    code = main(["scan", str(fixtures / "ytf/sunglasses_bd_net.h5"), "--divide-by", "255", "--detectors", "mmbd",
-                 flag, "--json", "--out", str(tmp_path)])
+def test_no_repair_runs_every_detector_and_explains_the_verdict(fixtures, clean_mnist, tmp_path, capsys):
+    # The CSAW clean-label BadNet: flagged (as bench.detect_fixtures reports), and clean data given but no repair.
+    code = main(["scan", str(fixtures / "mnist/csaw_c_clean_label_bd_net.h5"), "--clean-data", str(clean_mnist),
+                 "--divide-by", "255", "--no-repair", "--json", "--out", str(tmp_path)])
     report = json.loads(capsys.readouterr().out)
     assert report["repair"] is None and report["goodnets"] == []
-    assert [f["detector"] for f in report["findings"]] == ["mmbd"]
-    assert code == 1 and report["verdict"] == "backdoored" and report["suspected_targets"] == [0]
-    assert report["explanation"].startswith("Backdoored") and 0.5 <= report["score"] <= 1.0
+    assert [f["detector"] for f in report["findings"]] == [d.value for d in DetectorName]
+    assert code == 1 and report["verdict"] == "backdoored" and report["score"] >= report["threshold"]
+    assert report["explanation"].startswith("Backdoored") and "ulp" in report["explanation"]
+    linf = next(f for f in report["findings"] if f["detector"] == "linf")
+    assert not linf["applicable"] and "trigger" in linf["reason"]  # no trigger finder ran: not applicable

@@ -73,9 +73,10 @@ def every_subset(detectors: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def fit_calibration(samples: list[Sample], sets: list[tuple[str, ...]], threshold: float = 0.5,
-                    provenance: dict | None = None) -> dict:
+                    provenance: dict | None = None, combine: str = "logistic") -> dict:
     """The calibration file's content: one regression per detector set in ``sets``, in that order (the verdict
-    prefers the earlier of two equally large sets)."""
+    prefers the earlier of two equally large sets); ``combine`` as in
+    :class:`~worker.engine.detect.verdict.Calibration`."""
     regressions = [entry for subset in sets if (entry := fit_regression(samples, tuple(sorted(subset)))) is not None]
-    return {"format": CALIBRATION_FORMAT, "threshold": threshold, "regressions": regressions,
+    return {"format": CALIBRATION_FORMAT, "threshold": threshold, "combine": combine, "regressions": regressions,
             "provenance": provenance or {}}

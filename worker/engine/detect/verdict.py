@@ -71,6 +71,9 @@ class Calibration:
     regressions: tuple[Regression, ...]
     threshold: float
     provenance: dict
+    #: 'logistic': the one regression of the detectors that ran; 'max': the largest probability of the
+    #: single-detector regressions (a model is flagged when any calibrated detector alone would flag it).
+    combine: str = "logistic"
 
     def regression_for(self, available: set[str]) -> Regression | None:
         """The regression of exactly ``available`` detectors, else of the largest calibrated subset of them (of two
@@ -102,7 +105,10 @@ def load_calibration(path: Path = CALIBRATION_FILE) -> Calibration:
         raise CalibrationError(f"{path} is malformed: {error}") from error
     if not 0 < threshold < 1:
         raise CalibrationError(f"{path}: the threshold must lie in (0, 1).")
-    return Calibration(tuple(regressions), threshold, raw.get("provenance", {}))
+    combine = raw.get("combine", "logistic")
+    if combine not in ("logistic", "max"):
+        raise CalibrationError(f"{path}: 'combine' must be 'logistic' or 'max'.")
+    return Calibration(tuple(regressions), threshold, raw.get("provenance", {}), combine)
 
 
 def calibrated_score(detector: str, key: str, value: float) -> tuple[float, float] | None:
@@ -145,9 +151,35 @@ def judge(findings: list[Finding], calibration: Calibration | None = None) -> Ju
                          "No detector could judge this model (see each finding's reason), so there is no verdict "
                          "either way.", {})
     calibration = calibration or load_calibration()
-    regression = calibration.regression_for(set(judged))
-    if regression is None:
-        return _uncalibrated(judged)
+    if calibration.combine == "max":
+        singles = [r for r in calibration.regressions if len(r.detectors) == 1 and r.detectors <= set(judged)]
+        if not singles:
+            return _uncalibrated(judged)
+        # Each detector's own calibrated log-odds; the most alarmed one decides.
+        contributions = {next(iter(r.detectors)): _log_odds(r, judged)[0] for r in singles}
+        score = _probability(max(contributions.values()))
+        weighed: set[str] = set(contributions)
+    else:
+        regression = calibration.regression_for(set(judged))
+        if regression is None:
+            return _uncalibrated(judged)
+        logit, contributions = _log_odds(regression, judged)
+        score = _probability(logit)
+        weighed = set(regression.detectors)
+    backdoored = score >= calibration.threshold
+    verdict = Verdict.backdoored if backdoored else Verdict.clean
+    pushing = sorted((d for d in contributions if (contributions[d] > 0) == backdoored),
+                     key=lambda d: -abs(contributions[d]))
+    unused = [judged[d] for d in sorted(set(judged) - weighed)]
+    # Targets: from the detectors that pushed towards the verdict, then from any that flagged on its own.
+    targets = _targets([judged[d] for d in pushing] + [f for f in unused if _flags(f)]) if backdoored else []
+    return Judgement(verdict, score, calibration.threshold, targets,
+                     _explain(verdict, score, calibration.threshold, pushing, judged, contributions, unused),
+                     contributions)
+
+
+def _log_odds(regression: Regression, judged: dict[str, Finding]) -> tuple[float, dict[str, float]]:
+    """The regression's log-odds for these findings, and each detector's part of it (beside the intercept)."""
     contributions: dict[str, float] = {}
     logit = regression.intercept
     for feature, weight in zip(regression.features, regression.weights, strict=True):
@@ -155,21 +187,16 @@ def judge(findings: list[Finding], calibration: Calibration | None = None) -> Ju
         part = 0.0 if value is None else weight * value  # a missing figure counts as the calibration mean
         contributions[feature.detector] = contributions.get(feature.detector, 0.0) + part
         logit += part
-    score = _probability(logit)
-    backdoored = score >= calibration.threshold
-    verdict = Verdict.backdoored if backdoored else Verdict.clean
-    pushing = sorted((d for d in contributions if (contributions[d] > 0) == backdoored),
-                     key=lambda d: -abs(contributions[d]))
-    targets = _targets(judged[d] for d in pushing) if backdoored else []
-    unused = sorted(set(judged) - regression.detectors)
-    return Judgement(verdict, score, calibration.threshold, targets,
-                     _explain(verdict, score, calibration.threshold, pushing, judged, contributions, unused),
-                     contributions)
+    return logit, contributions
+
+
+def _flags(finding: Finding) -> bool:
+    return finding.score is not None and finding.threshold is not None and finding.score >= finding.threshold
 
 
 def _uncalibrated(judged: dict[str, Finding]) -> Judgement:
     """No calibrated combination covers these detectors: fall back to each detector's own threshold."""
-    flagged = [f for f in judged.values() if f.threshold is not None and f.score >= f.threshold]
+    flagged = [f for f in judged.values() if _flags(f)]
     score = max(f.score for f in judged.values())
     names = ", ".join(sorted(judged))
     if flagged:
@@ -188,7 +215,7 @@ def _targets(findings) -> list[int]:
 
 
 def _explain(verdict: Verdict, score: float, threshold: float, pushing: list[str], judged: dict[str, Finding],
-             contributions: dict[str, float], unused: list[str]) -> str:
+             contributions: dict[str, float], unused: list[Finding]) -> str:
     head = (f"{verdict.value.capitalize()}: the calibrated probability of a backdoor is {score:.2f} "
             f"({'at or above' if verdict == Verdict.backdoored else 'below'} the threshold {threshold:.2f}).")
     lines = [head]
@@ -196,6 +223,11 @@ def _explain(verdict: Verdict, score: float, threshold: float, pushing: list[str
         lines.append(f"{name} ({contributions[name]:+.1f} on the log-odds): {judged[name].reason}")
     if not pushing:
         lines.append("No detector's figure leaned the other way.")
-    if unused:
-        lines.append(f"Not part of the calibrated combination (reported, not weighed): {', '.join(unused)}.")
+    alarms = [f for f in unused if _flags(f)]
+    quiet = [f.detector for f in unused if not _flags(f)]
+    for finding in alarms:
+        lines.append(f"{finding.detector} flagged the model on its own threshold but is not weighed with these "
+                     f"detectors (on the calibration zoos it did not add to them): {finding.reason}")
+    if quiet:
+        lines.append(f"Reported, not weighed with these detectors: {', '.join(quiet)}.")
     return " ".join(lines)
