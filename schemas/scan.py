@@ -7,6 +7,10 @@ from pydantic import BaseModel, Field, field_validator
 
 class DetectorName(StrEnum):
     ulp = "ulp"
+    #: Trigger reverse-engineering (Neural Cleanse's objective, batched, pre-screened); needs clean data.
+    reverse = "reverse"
+    #: Integrated Gradients maps of the reversed trigger (evidence only; runs after reverse).
+    ig = "ig"
 
 
 class PruneCriterion(StrEnum):
