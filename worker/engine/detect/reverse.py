@@ -37,6 +37,9 @@ MIN_IMAGES = 3
 ANOMALY_MARGIN = 1.0
 THRESHOLD = 0.5
 MAX_TRIGGERS = 3
+#: The source-specific search runs classes * (classes - 1) candidates on one source's images each: fewer images
+#: per step and fewer steps keep it within a few times the all-to-one search.
+PAIRWISE_SEARCH = SearchSettings(steps=150, batch=8, min_steps=40, stall=20, verify_images=24)
 
 
 def anomaly_indices(mask_l1: np.ndarray) -> np.ndarray:
@@ -61,9 +64,11 @@ class ReverseEngineeringDetector:
     name = "reverse"
     needs_clean_data = True
 
-    def __init__(self, search: SearchSettings | None = None, screen: PrescreenSettings | None = None) -> None:
+    def __init__(self, search: SearchSettings | None = None, screen: PrescreenSettings | None = None,
+                 pairwise: SearchSettings | None = None) -> None:
         self.search = search or SearchSettings()
         self.screen = screen or PrescreenSettings()
+        self.pairwise = pairwise or (PAIRWISE_SEARCH if search is None else search)
 
     def applicable(self, context: DetectionContext) -> str | None:
         if context.clean is None:
@@ -96,7 +101,7 @@ class ReverseEngineeringDetector:
                 and len(np.unique(data.labels)) >= 2):
             pairs = [(s, t) for s in np.unique(data.labels).tolist() for t in range(classes) if s != t]
             pair_result = trigger_search(forward, images, labels, [t for _, t in pairs], [s for s, _ in pairs],
-                                         self.search, context.seed + 1, data.value_range)
+                                         self.pairwise, context.seed + 1, data.value_range)
             pair_anomaly = anomaly_indices(pair_result.mask_l1)
             diagnostics["pairwise_best_score"] = round(score_of(float(pair_anomaly.max()), len(pairs)), 4)
             if score_of(float(pair_anomaly.max()), len(pairs)) > score_of(float(anomaly.max()), len(anomaly)):
