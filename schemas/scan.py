@@ -6,10 +6,14 @@ from pydantic import BaseModel, Field, field_validator
 
 
 class DetectorName(StrEnum):
-    """The detectors a scan can run (see the README's Detection section)."""
+    """The detectors a scan can run, in the order it runs them (see the README's Detection section)."""
 
+    #: Trigger reverse-engineering (Neural Cleanse's objective, batched, pre-screened); needs clean data.
+    reverse = "reverse"
     #: MM-BD's maximum achievable margin per class: data-free.
     mmbd = "mmbd"
+    #: Integrated Gradients maps of the reversed trigger (evidence only; runs after reverse).
+    ig = "ig"
     #: Cheng et al.'s l_inf activation bias with a reversed trigger stamped (needs clean data and a trigger).
     linf = "linf"
     #: The latent-entropy fingerprint: a vine copula on the penultimate layer, clean vs stamped.
