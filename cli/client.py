@@ -89,13 +89,18 @@ def upload(client: httpx.Client, args: argparse.Namespace, options: ScanOptions)
     files = {name: path for name, path in (("model", args.model), ("architecture", args.architecture),
                                            ("clean_data", args.clean_data), ("eval_data", args.eval_data),
                                            ("poisoned_data", args.poisoned_data)) if path is not None}
-    create = ScanCreate(**options.model_dump(), callback_url=getattr(args, "callback_url", None))
+    # Only what the user set goes over the wire: the server's schema fills in its own defaults.
+    sent = options.model_dump(exclude_unset=True)
+    if getattr(args, "callback_url", None) is not None:
+        sent["callback_url"] = args.callback_url
+    create = ScanCreate.model_validate(sent)
     headers = {"Idempotency-Key": uuid.uuid4().hex}
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         progress = Progress(sum(p.stat().st_size for p in files.values()))
         opened = {name: ProgressFile(path, progress) for name, path in files.items()}
         try:
-            response = client.post("/v1/scans", headers=headers, data={"options": create.model_dump_json()},
+            body = {"options": create.model_dump_json(exclude_unset=True)}
+            response = client.post("/v1/scans", headers=headers, data=body,
                                    files={name: (files[name].name, f) for name, f in opened.items()})
         except httpx.TransportError as exc:
             if attempt == UPLOAD_ATTEMPTS:

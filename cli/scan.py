@@ -6,10 +6,12 @@ Exit codes, for CI gates: 0 clean, 1 backdoored, 3 inconclusive, 2 refused or ba
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cli.report import describe_report, exit_code
-from schemas.scan import DetectorName, PreprocessingOptions, PruneCriterion, RepairOptions, ScanOptions
+from schemas.scan import PruneCriterion, ScanOptions
 
 
 def _floats(value: str) -> list[float]:
@@ -31,28 +33,26 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
                       help="separate clean data for the reported figures (else part of --clean-data is held out)")
     data.add_argument("--poisoned-data", type=existing_file, metavar="FILE",
                       help="triggered inputs with their poisoned labels, only to report attack success")
+    # No defaults here: an unset flag leaves the option to schemas/scan.py, the only place defaults live.
     prep = scan.add_argument_group("preprocessing: x -> (x / divide_by - mean) / std")
-    prep.add_argument("--divide-by", type=float, default=1.0)
-    prep.add_argument("--mean", type=_floats, default=[0.0], help="one value or one per channel")
-    prep.add_argument("--std", type=_floats, default=[1.0], help="one value or one per channel")
-    prep.add_argument("--bgr", action="store_true", help="reverse channel order (RGB data, BGR model)")
+    prep.add_argument("--divide-by", type=float, help="(default 1)")
+    prep.add_argument("--mean", type=_floats, help="one value or one per channel (default 0)")
+    prep.add_argument("--std", type=_floats, help="one value or one per channel (default 1)")
+    prep.add_argument("--bgr", action="store_const", const=True, help="reverse channel order (RGB data, BGR model)")
     repair = scan.add_argument_group("repair")
+    repair.add_argument("--no-repair", action="store_const", const=True,
+                        help="detection only, even when clean data is given (the detectors still use it)")
     repair.add_argument("--layer", help="conv layer to prune (default: the last conv layer on every path "
                                         "to the output)")
-    repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], default="mean")
-    repair.add_argument("--thresholds", type=_floats, default=[2.0, 4.0, 10.0],
-                        help="clean-accuracy drops in percentage points (default 2,4,10)")
-    repair.add_argument("--fine-tune", action="store_true", help="fine-tune after pruning (fine-pruning)")
-    repair.add_argument("--fine-tune-epochs", type=int, default=20)
-    repair.add_argument("--fine-tune-lr", type=float, default=1e-2, help="peak learning rate (cosine to 0)")
-    repair.add_argument("--holdout", type=float, default=0.3, help="held-out fraction of --clean-data")
-    repair.add_argument("--no-goodnet", action="store_true", help="do not build GoodNets")
-    repair.add_argument("--seed", type=int, default=0)
-    scan.add_argument("--detectors", default=None,
-                      help=f"comma-separated detectors ({', '.join(DetectorName)}), or 'none' (default: all of them; "
-                           "each runs where it applies)")
-    repair.add_argument("--no-repair", action="store_true", help="detection only, even when clean data is given "
-                                                                 "(the detectors still use it)")
+    repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], help="(default mean)")
+    repair.add_argument("--thresholds", type=_floats, help="clean-accuracy drops in percentage points (default 2,4,10)")
+    repair.add_argument("--fine-tune", action="store_const", const=True, help="fine-tune after pruning")
+    repair.add_argument("--fine-tune-epochs", type=int)
+    repair.add_argument("--fine-tune-lr", type=float, help="peak learning rate (cosine to 0)")
+    repair.add_argument("--holdout", type=float, help="held-out fraction of --clean-data (default 0.3)")
+    repair.add_argument("--no-goodnet", action="store_const", const=True, help="do not build GoodNets")
+    repair.add_argument("--seed", type=int)
+    scan.add_argument("--detectors", help="comma-separated detectors, or 'none' (default: every applicable one)")
     where = scan.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="run the engine in this process (the default)")
     where.add_argument("--server", metavar="URL", help="scan on a bdscreen server (http://HOST:PORT) instead")
@@ -67,39 +67,49 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
     scan.set_defaults(run=run_scan_command)
 
 
+#: Each scan flag and the option it sets (a path into ScanOptions), with how a flag value becomes the option's.
+FLAG_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
+    "divide_by": (("preprocessing", "divide_by"), lambda v: v),
+    "mean": (("preprocessing", "mean"), lambda v: v),
+    "std": (("preprocessing", "std"), lambda v: v),
+    "bgr": (("preprocessing", "bgr"), lambda v: v),
+    "no_repair": (("repair", "enabled"), lambda v: not v),
+    "layer": (("repair", "layer"), lambda v: v),
+    "criterion": (("repair", "criterion"), lambda v: v),
+    "thresholds": (("repair", "thresholds"), lambda v: v),
+    "fine_tune": (("repair", "fine_tune"), lambda v: v),
+    "fine_tune_epochs": (("repair", "fine_tune_epochs"), lambda v: v),
+    "fine_tune_lr": (("repair", "fine_tune_learning_rate"), lambda v: v),
+    "holdout": (("repair", "holdout_fraction"), lambda v: v),
+    "seed": (("repair", "seed"), lambda v: v),
+    "no_goodnet": (("goodnet",), lambda v: not v),
+    "detectors": (("detectors",), lambda v: [] if v.strip() in ("", "none") else [d.strip() for d in v.split(",")]),
+}
+
+
 def options_from_args(args: argparse.Namespace) -> ScanOptions:
+    """The scan options holding only what the user set on the command line; the schema fills in the rest."""
     from pydantic import ValidationError
 
     from worker.core.errors import OptionError
 
-    chosen: dict = {}
-    if args.detectors is not None:
-        names = [] if args.detectors.strip() in ("", "none") else [d.strip() for d in args.detectors.split(",")]
-        unknown = [n for n in names if n not in {d.value for d in DetectorName}]
-        if unknown:
-            raise OptionError(f"--detectors: unknown detector {', '.join(unknown)} "
-                              f"(known: {', '.join(DetectorName)}, or 'none').")
-        chosen["detectors"] = [DetectorName(n) for n in names]
+    given: dict[str, Any] = {}
+    for flag, (path, convert) in FLAG_OPTIONS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            *parents, leaf = path
+            target = given
+            for parent in parents:
+                target = target.setdefault(parent, {})
+            target[leaf] = convert(value)
     try:
-        return ScanOptions(
-            preprocessing=PreprocessingOptions(divide_by=args.divide_by, mean=args.mean, std=args.std, bgr=args.bgr),
-            **chosen,
-            repair=RepairOptions(enabled=not args.no_repair, layer=args.layer, criterion=args.criterion,
-                                 thresholds=args.thresholds,
-                                 fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
-                                 fine_tune_learning_rate=args.fine_tune_lr,
-                                 holdout_fraction=args.holdout, seed=args.seed),
-            goodnet=not args.no_goodnet)
-    except (ValidationError, ValueError) as exc:
-        raise OptionError(f"invalid option: {_first_error(exc)}") from None
-
-
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-    return str(exc)
+        return ScanOptions.model_validate(given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(str(part) for part in first["loc"])
+        flag = next((f for f, (path, _) in FLAG_OPTIONS.items() if loc[:len(path)] == path), None)
+        where = f"--{flag.replace('_', '-')}" if flag else ".".join(loc)
+        raise OptionError(f"{where}: {first['msg']}") from None
 
 
 def run_scan_command(args: argparse.Namespace) -> int:

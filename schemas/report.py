@@ -70,6 +70,9 @@ class RepairedModel(Metrics):
     channels_pruned: int | None = None
     fine_tuned: bool = False
     fine_tune_epochs: int | None = None
+    fine_tune_best_epoch: int | None = Field(default=None, description="The fine-tuned epoch kept (1-based).")
+    fine_tune_heldout_accuracy: float | None = Field(
+        default=None, description="Accuracy of the kept epoch on the part of the decision data held out of tuning.")
     artifact: str | None = Field(default=None, description="Repaired model in the uploaded format.")
     onnx_artifact: str | None = None
 

@@ -40,7 +40,7 @@ def test_detectors_default_to_all_and_take_a_list():
 def test_an_unknown_detector_names_the_flag_and_exits_2(fixtures, capsys):
     code = main(["scan", str(fixtures / "mnist/csaw_c_clean_label_bd_net.h5"), "--detectors", "mmbd,strip"])
     err = capsys.readouterr().err
-    assert code == 2 and "--detectors" in err and "strip" in err and "Traceback" not in err
+    assert code == 2 and "--detectors" in err and "Traceback" not in err
 
 
 def test_no_repair_runs_every_detector_and_explains_the_verdict(fixtures, clean_mnist, tmp_path, capsys):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from schemas.models import InputLayout, ModelSignature
+from schemas.scan import PreprocessingOptions
 from worker.core.errors import OptionError
 
 
@@ -26,17 +27,26 @@ def channel_values(name: str, values: tuple[float, ...], channels: int) -> tuple
     return values
 
 
+_DEFAULTS = PreprocessingOptions()
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What the model expects: ``(x / divide_by - mean) / std`` per channel, optionally after RGB -> BGR.
 
-    ``mean`` and ``std`` hold one value or one per channel, in the model's channel order.
+    ``mean`` and ``std`` hold one value or one per channel, in the model's channel order. The defaults are
+    those of :class:`schemas.scan.PreprocessingOptions`, the only place they are defined.
     """
 
-    divide_by: float = 1.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    bgr: bool = False
+    divide_by: float = _DEFAULTS.divide_by
+    mean: tuple[float, ...] = tuple(_DEFAULTS.mean)
+    std: tuple[float, ...] = tuple(_DEFAULTS.std)
+    bgr: bool = _DEFAULTS.bgr
+
+    @classmethod
+    def of(cls, options: PreprocessingOptions) -> "Preprocessing":
+        """The engine's form of the declared options."""
+        return cls(divide_by=options.divide_by, mean=tuple(options.mean), std=tuple(options.std), bgr=options.bgr)
 
     def __post_init__(self) -> None:
         # Accept lists from option parsers while keeping the instance hashable.

@@ -36,8 +36,7 @@ def bdscreen_version() -> str:
 
 
 def preprocessing_of(options: ScanOptions) -> Preprocessing:
-    p = options.preprocessing
-    return Preprocessing(divide_by=p.divide_by, mean=tuple(p.mean), std=tuple(p.std), bgr=p.bgr)
+    return Preprocessing.of(options.preprocessing)
 
 
 def run_scan(inputs: ScanInputs, options: ScanOptions, out_dir: Path, progress: ProgressFn | None = None,

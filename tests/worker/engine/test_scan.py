@@ -116,3 +116,41 @@ def test_poisoned_data_never_changes_a_decision(mnist_files, tmp_path):
     assert [g.recommended for g in reports[0].goodnets] == [g.recommended for g in reports[1].goodnets]
     assert [p.clean_accuracy for p in first.curve] == [p.clean_accuracy for p in second.curve]
     assert [p.attack_success_rate for p in first.curve] != [p.attack_success_rate for p in second.curve]
+
+
+class _CrashingDetector:
+    """A detector whose method raises, as a bug in a real one would."""
+
+    name = "ulp"
+    needs_clean_data = False
+
+    def applicable(self, context) -> str | None:
+        return None
+
+    def detect(self, context):
+        raise RuntimeError("boom")
+
+
+def test_a_crashed_detector_is_an_error_and_exits_2_not_inconclusive(mnist_files, tmp_path, monkeypatch):
+    import worker.engine.scan as scan_module
+    from cli.report import exit_code
+
+    monkeypatch.setitem(scan_module.DETECTORS, "ulp", _CrashingDetector())
+    options = ScanOptions.model_validate({"preprocessing": {"divide_by": 255}, "detectors": ["ulp"],
+                                          "repair": {"enabled": False}})
+    report = run_scan(ScanInputs(mnist_files["model"]), options, tmp_path)
+    assert [(e.stage, e.message) for e in report.errors] == [("detect:ulp", "RuntimeError: boom")]
+    assert report.findings == [] and report.verdict.value == "inconclusive"
+    assert exit_code(report) == 2
+
+
+def test_a_detector_that_needs_data_says_so_on_a_data_free_scan(mnist_files, tmp_path, monkeypatch):
+    import worker.engine.scan as scan_module
+
+    needy = _CrashingDetector()
+    needy.needs_clean_data = True
+    monkeypatch.setitem(scan_module.DETECTORS, "ulp", needy)
+    options = ScanOptions.model_validate({"preprocessing": {"divide_by": 255}, "detectors": ["ulp"]})
+    report = run_scan(ScanInputs(mnist_files["model"]), options, tmp_path)
+    assert report.errors == [] and not report.findings[0].applicable
+    assert "needs clean data" in report.findings[0].reason

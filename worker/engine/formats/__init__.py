@@ -8,6 +8,7 @@ the gateway uses :mod:`worker.core.sniff` to refuse pickles before anything is q
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from schemas.models import ModelFormat
 from worker.core.errors import OptionError
 from worker.core.sniff import FileKind, sniff_model_file
 
@@ -27,3 +28,25 @@ def read_model(path: Path, architecture: Path | None = None) -> "CanonicalModel"
     from worker.engine.formats.onnx_reader import read_onnx
 
     return read_onnx(path)
+
+
+#: The file suffix each format is written with.
+SUFFIX = {ModelFormat.keras_h5: ".h5", ModelFormat.onnx: ".onnx"}
+
+
+def write_model(model: "CanonicalModel", format: ModelFormat, source: Path, dest: Path) -> Path:
+    """Write ``model`` in ``format`` to ``dest`` (its suffix replaced by the format's); returns the path written.
+
+    A Keras file is a copy of the ``source`` upload with only the changed weight tensors rewritten; an ONNX file
+    is a fresh export of the canonical model (one file, dynamic batch axis).
+    """
+    dest = dest.with_suffix(SUFFIX[format])
+    if format == ModelFormat.keras_h5:
+        from worker.engine.formats.keras_h5 import write_keras_h5
+
+        write_keras_h5(model, source, dest)
+    else:
+        from worker.engine.formats.onnx_export import export_onnx
+
+        export_onnx(model, dest)
+    return dest

@@ -17,8 +17,7 @@ from schemas.scan import ScanOptions
 from worker.core.errors import DataError
 from worker.engine.canonical import CanonicalModel
 from worker.engine.data import read_dataset
-from worker.engine.formats.keras_h5 import write_keras_h5
-from worker.engine.formats.onnx_export import export_onnx
+from worker.engine.formats import write_model
 from worker.engine.preprocess import Preprocessing
 from worker.engine.repair.finetune import fine_tune
 from worker.engine.repair.goodnet import GoodNet, evaluate_goodnet, export_goodnet_onnx
@@ -78,7 +77,6 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
                         attack_success_rate=sweep.accuracy["poisoned"][k] if poisoned else None)
              for k in range(len(ranking.order) + 1)]
     models, goodnets, candidates = [], [], []
-    ext = ".h5" if model.signature.format == ModelFormat.keras_h5 else ".onnx"
     for i, threshold in enumerate(opts.thresholds):
         with stages.stage("repair", 0.5 + 0.45 * i / len(opts.thresholds)):
             k = sweep.first_drop("decision", threshold)
@@ -86,22 +84,22 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
                 models.append(RepairedModel(threshold=threshold, reached=False))
                 continue
             repaired = pruned_copy(model, layer, ranking.order[:k])
-            epochs = None
+            epochs = best_epoch = heldout = None
             if opts.fine_tune:
                 tuned = fine_tune(repaired, layer, ranking.order[:k], tune_train, tune_val,
                                   epochs=opts.fine_tune_epochs, learning_rate=opts.fine_tune_learning_rate,
                                   seed=opts.seed)
-                repaired, epochs = tuned.model, opts.fine_tune_epochs
+                repaired, epochs, best_epoch = tuned.model, opts.fine_tune_epochs, tuned.best_epoch
+                heldout = tuned.validation_accuracy[tuned.best_epoch - 1]
             tag = f"drop{threshold:g}"
-            artifact = f"repaired_{tag}{ext}"
-            if ext == ".h5":
-                write_keras_h5(repaired, inputs.model, out_dir / artifact)
-                export_onnx(repaired, out_dir / f"repaired_{tag}.onnx")
-            else:
-                export_onnx(repaired, out_dir / artifact)
+            source_format = model.signature.format
+            artifact = write_model(repaired, source_format, inputs.model, out_dir / f"repaired_{tag}").name
+            if source_format != ModelFormat.onnx:  # and always as ONNX too
+                write_model(repaired, ModelFormat.onnx, inputs.model, out_dir / f"repaired_{tag}")
             models.append(RepairedModel(
                 threshold=threshold, reached=True, channels_pruned=k, fine_tuned=opts.fine_tune,
-                fine_tune_epochs=epochs, clean_accuracy=accuracy(repaired, evaluation),
+                fine_tune_epochs=epochs, fine_tune_best_epoch=best_epoch, fine_tune_heldout_accuracy=heldout,
+                clean_accuracy=accuracy(repaired, evaluation),
                 attack_success_rate=accuracy(repaired, poisoned) if poisoned else None, artifact=artifact,
                 onnx_artifact=f"repaired_{tag}.onnx"))
         if options.goodnet:
