@@ -43,13 +43,15 @@ def test_an_unknown_detector_names_the_flag_and_exits_2(fixtures, capsys):
     assert code == 2 and "--detectors" in err and "Traceback" not in err
 
 
-def test_no_repair_runs_every_detector_and_explains_the_verdict(fixtures, clean_mnist, tmp_path, capsys):
+def test_no_repair_detects_only_and_explains_the_verdict(fixtures, clean_mnist, tmp_path, capsys):
     # The CSAW clean-label BadNet: flagged (as bench.detect_fixtures reports), and clean data given but no repair.
+    # Trigger reversal is left out to keep the test short, so linf has no trigger to stamp.
     code = main(["scan", str(fixtures / "mnist/csaw_c_clean_label_bd_net.h5"), "--clean-data", str(clean_mnist),
-                 "--divide-by", "255", "--no-repair", "--json", "--out", str(tmp_path)])
+                 "--divide-by", "255", "--detectors", "mmbd,linf,ulp", "--no-repair", "--json", "--out",
+                 str(tmp_path)])
     report = json.loads(capsys.readouterr().out)
     assert report["repair"] is None and report["goodnets"] == []
-    assert [f["detector"] for f in report["findings"]] == [d.value for d in DetectorName]
+    assert [f["detector"] for f in report["findings"]] == ["mmbd", "linf", "ulp"]
     assert code == 1 and report["verdict"] == "backdoored" and report["score"] >= report["threshold"]
     assert report["explanation"].startswith("Backdoored") and "ulp" in report["explanation"]
     linf = next(f for f in report["findings"] if f["detector"] == "linf")
