@@ -216,6 +216,8 @@ def main() -> None:
                         help="how the verdict combines the detectors (default: the shipped calibration's way)")
     parser.add_argument("--write-calibration", action="store_true", help=f"fit and write {CALIBRATION_FILE.name}")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shard", metavar="I/N", help="only screen (and cache) every N-th model from the I-th, "
+                                                       "then stop: to fill the cache from N processes")
     parser.add_argument("--oracle-triggers", action="store_true",
                         help="measure linf and latent with each backdoored model's own trigger (clean models: the "
                              "trigger of another zoo model) instead of the verdict")
@@ -238,7 +240,10 @@ def main() -> None:
     attacks = [a for a in plan.values() if a is not None]
     samples, findings, seconds = [], [], {}
     with tempfile.TemporaryDirectory() as folder:
+        shard, shards = (int(part) for part in args.shard.split("/")) if args.shard else (0, 1)
         for number, member in enumerate(members):
+            if number % shards != shard:
+                continue
             oracle = None
             if args.oracle_triggers:
                 attack = plan[member.record.index] if member.backdoored \
@@ -251,6 +256,8 @@ def main() -> None:
                 seconds.setdefault(name, []).append(took)
             print(f"\r{number + 1}/{len(members)} models screened", end="", flush=True)
     print()
+    if args.shard:
+        return
     labels_ = np.array([s.backdoored for s in samples])
     table("Detectors on every kept model (AUC of each statistic; TPR/FPR at the detector's own threshold, if any)",
           detector_rows(labels_, findings, seconds))
