@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from planted_backdoor import CORNER, SIDE, PlantedModel, samples
 
-from worker.engine.data import Preprocessing
 from worker.engine.detect.attribution import IntegratedGradientsDetector, integrated_gradients, share_inside
 from worker.engine.detect.base import DetectionContext
 from worker.engine.detect.trigger import ReversedTrigger
+from worker.engine.preprocess import Preprocessing
 
 
 def test_ig_of_a_linear_function_is_exact_and_complete() -> None:

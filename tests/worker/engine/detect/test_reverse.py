@@ -7,13 +7,13 @@ import pytest
 import torch
 from planted_backdoor import CORNER, SIDE, PlantedModel, samples
 
-from worker.engine.data import Dataset, Preprocessing
+from worker.engine.data import Dataset
 from worker.engine.detect import DETECTORS
 from worker.engine.detect.base import DetectionContext
 from worker.engine.detect.prescreen import PrescreenSettings, Round, prescreen
 from worker.engine.detect.reverse import ReverseEngineeringDetector, anomaly_indices, score_of
 from worker.engine.detect.trigger_search import SearchSettings, trigger_search
-from worker.engine.preprocess import model_input
+from worker.engine.preprocess import Preprocessing, model_input
 from worker.engine.scan import run_detectors
 
 #: A shorter search than the default, enough for 8 x 8 inputs: keeps each test to seconds.
