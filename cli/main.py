@@ -107,6 +107,7 @@ def _convert(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from worker.core.limits import batch_within_budget
     from worker.engine.canonical import predict
     from worker.engine.formats import read_model
     from worker.engine.formats.onnx_export import export_onnx, run_onnx
@@ -115,7 +116,9 @@ def _convert(args: argparse.Namespace) -> int:
     export_onnx(model, args.output)
     # Check the export before claiming success: the same random batch through both.
     x = np.random.default_rng(0).uniform(0, 1, (8, *model.signature.input_shape)).astype(np.float32)
-    diff = float(np.abs(run_onnx(args.output, x) - predict(model, torch.from_numpy(x)).numpy()).max())
+    batch = batch_within_budget(model.sample_bytes, len(x))  # a model's activations can be large
+    reference = predict(model, torch.from_numpy(x), batch_size=batch).numpy()
+    diff = float(np.abs(run_onnx(args.output, x, batch_size=batch) - reference).max())
     digest = hashlib.sha256(args.output.read_bytes()).hexdigest()
     print(f"wrote {args.output} ({args.output.stat().st_size:,} bytes, sha256 {digest[:16]}...); "
           f"max |onnxruntime - canonical| on 8 random inputs: {diff:.2e}")

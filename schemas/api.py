@@ -56,11 +56,17 @@ class ScanError(BaseModel):
 
 
 class UploadCheck(BaseModel):
-    """The outcome of the upload check on the cpu queue: accepted, or refused with the category and why."""
+    """The upload check on the cpu queue: accepted, refused with the category and why, or (``ok`` None) started
+    ``attempts`` times without an outcome, which a check whose worker died leaves behind."""
 
-    ok: bool
+    ok: bool | None = None
     category: ErrorCategory | None = None
     message: str | None = None
+    attempts: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.ok is not None
 
 
 class UploadedFile(BaseModel):

@@ -59,9 +59,11 @@ class Dispatcher:
         deadline = time.monotonic() + self.settings.validate_timeout
         while True:
             record = await to_thread.run_sync(self.store.records.get, scan_id)
-            if record is None or record.validation is not None or time.monotonic() >= deadline:
-                return None if record is None or record.validation is None else \
-                    UploadCheck.model_validate(record.validation)
+            check = None if record is None or record.validation is None else \
+                UploadCheck.model_validate(record.validation)
+            done = check is not None and check.finished
+            if record is None or done or time.monotonic() >= deadline:
+                return check if done else None
             await anyio.sleep(VALIDATION_POLL_SECONDS)
 
     def reconcile_once(self) -> list[str]:

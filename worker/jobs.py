@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from schemas.api import ScanCreate, ScanError, ScanState, UploadCheck
-from schemas.problems import FailureCategory, ScanFailure
+from schemas.problems import ErrorCategory, FailureCategory, ScanFailure
 from worker.core.errors import InputError
 from worker.core.settings import Settings
 from worker.core.store import Store
@@ -60,17 +60,40 @@ def check_inputs(store: Store, record: ScanRecord) -> None:
         raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data.")
 
 
-def validate_scan(store: Store, scan_id: str) -> None:
-    """The upload check on the cpu queue; its outcome goes to the record, where the gateway waits for it."""
+def _upload_check(record: ScanRecord | None) -> UploadCheck | None:
+    return None if record is None or record.validation is None else UploadCheck.model_validate(record.validation)
+
+
+def validate_scan(store: Store, scan_id: str, max_attempts: int = 3) -> None:
+    """The upload check on the cpu queue; its outcome goes to the record, where the gateway waits for it.
+
+    Each start is counted in the record before the check runs. A check that kills its worker (an unforeseen
+    memory bomb) leaves the count behind, and its message comes back (acks_late): after ``max_attempts``
+    starts the upload is refused with the reason instead of being checked again, so a poison message cannot
+    take down every worker in turn."""
     record = store.records.get(scan_id)
-    if record is None or record.validation is not None:
+    earlier = _upload_check(record)
+    if record is None or (earlier is not None and earlier.finished):
         return
+    attempts = (earlier.attempts if earlier else 0) + 1
+    if attempts > max_attempts:
+        store.records.set_validation(scan_id, UploadCheck(ok=False, category=ErrorCategory.too_large, message=(
+            f"The upload check was started {attempts - 1} times and its worker died each time, most likely out "
+            "of memory: the model or data needs more than a worker has. Send smaller files."), attempts=attempts - 1))
+        return
+    store.records.set_validation(scan_id, UploadCheck(attempts=attempts))
     try:
         check_inputs(store, record)
     except InputError as exc:
-        store.records.set_validation(scan_id, UploadCheck(ok=False, category=exc.category, message=exc.message))
+        store.records.set_validation(scan_id, UploadCheck(ok=False, category=exc.category, message=exc.message,
+                                                           attempts=attempts))
         return
-    store.records.set_validation(scan_id, UploadCheck(ok=True))
+    except MemoryError:
+        store.records.set_validation(scan_id, UploadCheck(ok=False, category=ErrorCategory.too_large, message=(
+            "Checking the upload needed more memory than this worker may use (its address-space limit, "
+            "BDSCREEN_WORKER_ADDRESS_SPACE_MB); send smaller files."), attempts=attempts))
+        return
+    store.records.set_validation(scan_id, UploadCheck(ok=True, attempts=attempts))
 
 
 class Heartbeat:
@@ -105,6 +128,11 @@ def execute_scan(store: Store, settings: Settings, scan_id: str, device=None) ->
     record = store.records.get(scan_id)
     if record is None:  # deleted right after the claim
         return None
+    check = _upload_check(record)
+    if check is not None and check.ok is False:
+        # The upload check refused it after the gateway had stopped waiting and queued it: no need to run it.
+        return _fail(store, scan_id, attempt, check.category or ErrorCategory.bad_option,
+                     check.message or "the upload check refused the input")
     work = store.work_dir(scan_id, attempt)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -131,6 +159,9 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
         return None
     except InputError as exc:
         return _fail(store, record.id, attempt, exc.category, exc.message)
+    except MemoryError:
+        return _fail(store, record.id, attempt, ErrorCategory.too_large, "The scan needed more memory than "
+                     "this worker may use (BDSCREEN_WORKER_ADDRESS_SPACE_MB); send fewer or smaller data files.")
     except SoftTimeLimitExceeded:
         return _fail(store, record.id, attempt, ScanFailure.time_limit, "The scan ran past its time limit "
                      "(BDSCREEN_SCAN_TIME_LIMIT). Send fewer clean samples or fewer thresholds, or skip fine-tuning.")

@@ -9,6 +9,7 @@ from billiard.process import current_process
 from celery.signals import worker_init, worker_process_init
 
 from worker.core.celery_app import app
+from worker.core.limits import limit_address_space
 from worker.core.settings import get_settings
 from worker.core.store import Store, open_store
 from worker.core.webhooks import WebhookError, callback_url, deliver, webhook_secret
@@ -33,7 +34,11 @@ def _preload(**_kwargs) -> None:
     Not in the parent: torch and onnxruntime start native threads on import, and a process forked from a
     threaded parent can deadlock (the likely cause of a cpu worker that once stopped taking tasks here when the
     parent preloaded them). Importing after the
-    fork also leaves CUDA untouched until a pool process picks its GPU."""
+    fork also leaves CUDA untouched until a pool process picks its GPU.
+
+    First the address-space limit: past it an allocation raises MemoryError, which fails the scan (or the upload
+    check) with a reason, where an unforeseen bomb would otherwise take the machine's memory or the worker."""
+    limit_address_space(get_settings().worker_address_space_mb)
     import worker.engine.data  # noqa: F401
     import worker.engine.formats.keras_h5  # noqa: F401
     import worker.engine.formats.onnx_reader  # noqa: F401
@@ -56,7 +61,7 @@ def pool_device():
 @app.task(name="bdscreen.validate", soft_time_limit=max(_settings.validate_timeout, 10),
           time_limit=max(_settings.validate_timeout, 10) + 10)
 def validate(scan_id: str) -> None:
-    validate_scan(_store(), scan_id)
+    validate_scan(_store(), scan_id, get_settings().max_attempts)
 
 
 @app.task(name="bdscreen.scan", bind=True, max_retries=None, soft_time_limit=_settings.scan_time_limit,

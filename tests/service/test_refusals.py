@@ -1,6 +1,8 @@
 """Bad uploads get their 4xx problem, leave no scan and no file behind, and break nothing else."""
 
 import socket
+import zipfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -81,3 +83,72 @@ def test_a_streamed_body_past_the_limit_is_413_and_the_gateway_goes_on(deploymen
     assert not list((deployment.storage / "tmp").iterdir())
     assert httpx.get(f"{deployment.url}/healthz").status_code == 200
     assert httpx.get(f"{deployment.url}/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("query", ["offset=17082474683064047894528", "offset=-1", "limit=100000000000000000000",
+                                   "limit=0", "offset=1.5", "offset=1e400"])
+def test_paging_out_of_bounds_is_422_never_500(deployment, query):
+    with deployment.client(deployment.keys["bob"]) as client:
+        response = client.get(f"/v1/scans?{query}")
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+
+
+@pytest.fixture(scope="module")
+def hostile(faces, tmp_path_factory) -> dict[str, Path]:
+    """Hostile variants of the sunglasses upload: a pickle in its HDF5 user block, ONNX weights in another
+    file named like a blob, and clean data whose header declares 10^9 faces."""
+    import io
+    import pickle
+
+    import h5py
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = tmp_path_factory.mktemp("hostile-uploads")
+    polyglot = folder / "polyglot.h5"
+    with h5py.File(faces["model"]) as source, h5py.File(polyglot, "w", userblock_size=512) as out:
+        for key, value in source.attrs.items():
+            out.attrs[key] = value
+        for key in source:
+            source.copy(source[key], out, name=key)
+    content = bytearray(polyglot.read_bytes())
+    payload = pickle.dumps({"payload": [1, 2, 3]}, protocol=2)
+    content[:len(payload)] = payload
+    polyglot.write_bytes(bytes(content))
+    weight = numpy_helper.from_array(np.ones((3, 4), np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value="ab" + "0" * 62)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [weight])
+    external = folder / "external.onnx"
+    onnx.save(helper.make_model(graph), str(external))
+    huge = folder / "huge.npz"
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (10**9, 55, 47, 3)})
+
+    with zipfile.ZipFile(huge, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + bytes(55 * 47 * 3 * 8))
+        label_header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(label_header, {"descr": "<i8", "fortran_order": False,
+                                                            "shape": (10**9,)})
+        archive.writestr("y.npy", label_header.getvalue() + bytes(8 * 8))
+    return {"polyglot": polyglot, "external": external, "huge": huge}
+
+
+@pytest.mark.parametrize(("model", "data", "status", "category", "says"), [
+    ("polyglot", None, 422, "refused-model", "polyglot"),
+    ("external", None, 422, "refused-model", "self-contained"),
+    (None, "huge", 413, "too-large", "budget"),
+])
+def test_hostile_uploads_are_refused_at_post(deployment, faces, hostile, model, data, status, category, says):
+    before = _stored_blobs(deployment)
+    with deployment.client(deployment.keys["bob"]) as client:
+        files = {} if data is None else {"clean_data": hostile[data]}
+        response = post_scan(client, hostile[model] if model else faces["model"], **files)
+    assert response.status_code == status, response.text
+    assert response.json()["category"] == category and says in response.json()["detail"]
+    assert _stored_blobs(deployment) == before

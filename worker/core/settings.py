@@ -51,6 +51,13 @@ class Settings(BaseSettings):
                                                         "a callback_url may reach besides public addresses; "
                                                         "loopback, private and link-local ones are refused else.")
     poll_interval: float = Field(default=0.02, gt=0, description="Polling interval of the embedded broker, seconds.")
+    memory_budget_mb: float = Field(default=4096, gt=0, description="Bytes one step of a reader, data loader or "
+                                    "batch may need, in MiB; estimated before allocating, refused (too-large) "
+                                    "beyond it. Keep it well under a worker's RAM.")
+    worker_address_space_mb: float = Field(default=16384, ge=0, description="RLIMIT_AS of each worker pool process "
+                                           "on a CPU-only worker, in MiB (0: none), so an unforeseen bomb fails its "
+                                           "scan instead of the machine; not set where CUDA is visible, since CUDA "
+                                           "reserves far more address space than it uses.")
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> "Settings":

@@ -4,14 +4,14 @@ File names are chosen by the uploader and prove nothing: a pickle renamed ``mode
 Sniffing reads a few KB (a little more for compressed streams and zip members) and decides between the
 two formats bdscreen reads (Keras HDF5 and ONNX), formats it refuses because loading them can run code
 (Python pickles, raw, compressed or inside a zip such as PyTorch's ``torch.save`` files, and NumPy object
-arrays), and everything else, which it cannot read.
+arrays), and everything else, which it cannot read. A model is also refused when it is two formats at once
+(foreign bytes in an HDF5 user block or past its end, a zip appended: :mod:`worker.core.polyglot`) and when an
+ONNX model keeps weights in other files (:mod:`worker.core.onnx_external`, a walk of the whole protobuf).
 """
 
 import bz2
 import io
 import lzma
-import pickle
-import pickletools
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -22,11 +22,12 @@ from typing import BinaryIO, Protocol
 import numpy as np
 
 from worker.core.errors import EXPORT_HINT, RefusedModelError, UnreadableModelError
+from worker.core.onnx_external import MalformedProtobuf, external_tensors
+from worker.core.pickles import is_pickle_bytes, pickle_protocol  # noqa: F401 - is_pickle_bytes is re-exported
+from worker.core.polyglot import appended_zip, foreign_bytes, hdf5_signature_offset
 
 #: Bytes read from the start of a file (or of a zip member) to recognise it.
 HEAD_BYTES = 4096
-#: HDF5 files with a user block keep their signature at 512, 1024, 2048, ... bytes; the largest checked.
-MAX_HDF5_SIGNATURE_OFFSET = 1 << 20
 #: Decompressed bytes examined for a pickle inside a compressed stream, and compressed bytes read to get them
 #: (bzip2 emits nothing before a whole block of up to 900 KB is in).
 DECOMPRESSED_PREFIX_BYTES = 64 * 1024
@@ -34,22 +35,14 @@ MAX_COMPRESSED_READ = 2 * 1024 * 1024
 #: Members of a zip archive whose first bytes are examined; names are checked for all of them.
 MAX_ZIP_MEMBERS_PEEKED = 64
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 NPY_SIGNATURE = b"\x93NUMPY"
 ACCEPTED_FORMATS = "Keras HDF5 (.h5) and ONNX (.onnx)"
 
-# Opcodes by which a protocol 0/1 pickle imports the callables it then runs when loaded.
-_IMPORTING_OPCODES = frozenset({"GLOBAL", "INST"})
-_OPCODE_CODES = frozenset(opcode.code for opcode in pickletools.opcodes)
 # ModelProto field number -> protobuf wire type (0 varint, 2 length-delimited), from onnx.proto.
 _MODEL_PROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
 _MODEL_PROTO_STRINGS = frozenset({2, 3, 4, 6})
 _MAX_IR_VERSION = 64
-# Opcodes a headerless prefix must decode to count as a pickle without reaching STOP or a call: text and
-# binary data rarely decode that far, a cut-off protocol 0/1 pickle of plain data always does.
-_MIN_HEADERLESS_OPCODES = 16
-_MIN_FINISHED_OPCODES = 4
 # What reading a damaged or exotic zip member can raise (zipfile surfaces its codecs' errors as they are).
 _ZIP_MEMBER_ERRORS = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, OSError, zlib.error,
                       lzma.LZMAError, ValueError)
@@ -84,9 +77,13 @@ def sniff_model_file(path: Path) -> FileKind:
                 raise UnreadableModelError("The model file is empty.")
             # Pickles first: a file that starts as a pickle is refused even if an HDF5 user block follows.
             found = is_pickle_bytes(head) or _compressed_pickle(file, head)
+            offset = hdf5_signature_offset(file, size)
+            if found and offset:
+                found += f" and, from byte {offset}, an HDF5 file at once (a polyglot)"
             if found:
                 raise RefusedModelError(_refusal(found))
-            if has_hdf5_signature(file, size):
+            if offset is not None:
+                _refuse_polyglot(file, foreign_bytes(file, size, offset), "an HDF5 model")
                 return FileKind.hdf5
             if head.startswith(ZIP_SIGNATURES):
                 _raise_for_zip(file)
@@ -94,76 +91,43 @@ def sniff_model_file(path: Path) -> FileKind:
                 _raise_for_npy_objects(io.BytesIO(head), "a NumPy .npy file holding Python objects")
                 raise UnreadableModelError(_unknown("it is a NumPy .npy array, which holds data, not a model"))
             if looks_like_onnx(head, size):
+                _refuse_polyglot(file, None, "an ONNX model")
+                _refuse_external_data(path)
                 return FileKind.onnx
+            _refuse_polyglot(file, None, "a file of unknown content")
     except OSError as error:
         raise UnreadableModelError(f"The model file cannot be read: {error.strerror or error}.") from error
     raise UnreadableModelError(_unknown("its content is none of them"))
 
 
-def is_pickle_bytes(prefix: bytes) -> str | None:
-    """Describe ``prefix`` as "a Python pickle (protocol N)" when it starts a pickle stream, else None."""
-    protocol = pickle_protocol(prefix)
-    return None if protocol is None else f"a Python pickle (protocol {protocol})"
-
-
-def pickle_protocol(prefix: bytes) -> int | None:
-    """The protocol of the pickle stream that ``prefix`` starts (it may be cut short), or None.
-
-    ``pickletools.genops`` only decodes opcodes; nothing is imported or called. Protocols 2 to 5 start with a
-    PROTO opcode. Protocols 0 and 1 have no header, so their prefix must decode as protocol 0/1 opcodes up to
-    its end, import only names that are Python identifiers, and either import something, run on for many
-    opcodes, or finish (STOP) after a few. ONNX, HDF5 and zip files fail at their first byte; NumPy's magic
-    byte is a protocol-4 opcode, which no headerless pickle holds.
-    """
-    stream = io.BytesIO(prefix)
-    names: list[str] = []
-    declared = highest = 0
-    next_opcode = 0
-    try:
-        for opcode, argument, _position in pickletools.genops(stream):
-            if not names and opcode.name == "PROTO":
-                declared = int(argument)  # type: ignore[arg-type]  # PROTO always carries an int
-            if opcode.name in ("GLOBAL", "INST") and not _is_import_argument(argument):
-                return None
-            names.append(opcode.name)
-            highest = max(highest, opcode.proto)
-            next_opcode = stream.tell()
-            if opcode.name == "STOP":
-                break
-    except ValueError:
-        # genops raises ValueError for an unknown opcode and for running out of bytes; only the latter is
-        # compatible with a pickle longer than the prefix.
-        unknown = next_opcode < len(prefix) and chr(prefix[next_opcode]) not in _OPCODE_CODES
-        if unknown or stream.tell() < len(prefix):
-            return None
-    if names[:1] == ["PROTO"]:
-        return declared if 2 <= declared <= pickle.HIGHEST_PROTOCOL else None
-    if highest > 1:
-        return None
-    # Random bytes often decode as one or two opcodes and a STOP; pickles that short cannot import anything.
-    finished = "STOP" in names and len(names) >= _MIN_FINISHED_OPCODES
-    evidence = finished or _IMPORTING_OPCODES.intersection(names) or len(names) >= _MIN_HEADERLESS_OPCODES
-    return highest if evidence else None
-
-
-def _is_import_argument(argument: object) -> bool:
-    """True for genops' "module name" argument of GLOBAL/INST when both parts are dotted identifiers."""
-    parts = str(argument).split(" ")
-    return len(parts) == 2 and all(part and all(p.isidentifier() for p in part.split(".")) for part in parts)
-
-
 def has_hdf5_signature(file: BinaryIO, size: int) -> bool:
     """True when the HDF5 signature is at offset 0 or at a user-block offset (512, 1024, ...)."""
-    offsets = [0]
-    offset = 512
-    while offset <= min(size - len(HDF5_SIGNATURE), MAX_HDF5_SIGNATURE_OFFSET):
-        offsets.append(offset)
-        offset *= 2
-    for offset in offsets:
-        file.seek(offset)
-        if file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-            return True
-    return False
+    return hdf5_signature_offset(file, size) is not None
+
+
+def _refuse_polyglot(file: BinaryIO, foreign: str | None, what: str) -> None:
+    """Refuse a model that is also another format: bytes hidden where its format lets them lie, or a zip at its end."""
+    if foreign is None and appended_zip(file):
+        foreign = "a zip archive appended at its end"
+    if foreign is not None:
+        raise RefusedModelError(
+            f"The file is {what} carrying {foreign}: a file that is two formats at once (a polyglot), which "
+            "pickle.load, torch.load or unzip would read differently from bdscreen. bdscreen refuses it without "
+            f"loading it. Save the model again with its own library, with nothing prepended or appended. {EXPORT_HINT}")
+
+
+def _refuse_external_data(path: Path) -> None:
+    """ONNX weights stored in other files are refused: a location is resolved on the server, never trusted."""
+    try:
+        found = external_tensors(path)
+    except MalformedProtobuf:
+        return  # the ONNX reader reports the damage with its own message
+    if found:
+        name, location = found[0]
+        raise RefusedModelError(
+            f"The ONNX model keeps tensor {name[:80]!r} in another file ({location[:80]!r}); bdscreen reads "
+            "self-contained models only and never opens files an upload names. Save it as one file: "
+            "onnx.save(model, path, save_as_external_data=False).")
 
 
 def looks_like_onnx(head: bytes, size: int) -> bool:

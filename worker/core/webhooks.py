@@ -56,11 +56,41 @@ def check_callback_url(url: str, settings: Settings) -> None:
             raise OptionError(f"callback_url: the host {host!r} does not resolve ({exc}).") from None
         addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}
     for address in addresses:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if not address.is_global and not any(address in network for network in networks):
+        if not is_public_unicast(address) and not _listed(address, networks):
             raise OptionError(f"callback_url: {host} is {address}, not a public address; webhooks may reach "
                               "non-public addresses only where the operator lists them in BDSCREEN_CALLBACK_ALLOW.")
+
+
+# Addresses Python counts as global that still lead inside a network or to many hosts: IPv6 forms that embed an
+# IPv4 address a gateway or tunnel turns back into IPv4 (which may be 127.0.0.1 or 169.254.169.254), site-local
+# and documentation ranges, and the 6to4 relay anycast.
+_EMBEDDING_OR_SPECIAL = tuple(ipaddress.ip_network(net) for net in (
+    "::ffff:0:0/96",  # IPv4-mapped
+    "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
+    "::/96",  # IPv4-compatible (deprecated)
+    "64:ff9b::/96",  # NAT64 well-known prefix
+    "64:ff9b:1::/48",  # NAT64 local use
+    "2002::/16",  # 6to4
+    "2001::/32",  # Teredo
+    "2001:db8::/32",  # documentation
+    "fec0::/10",  # site-local (deprecated)
+    "192.88.99.0/24",  # 6to4 relay anycast
+))
+
+
+def is_public_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An allow-list: global unicast only, never a form that embeds or tunnels to another address."""
+    return (address.is_global and not address.is_multicast and not address.is_reserved
+            and not address.is_link_local and not address.is_unspecified
+            and not any(address in network for network in _EMBEDDING_OR_SPECIAL if network.version == address.version))
+
+
+def _listed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks) -> bool:
+    """In an operator-listed network, as itself or as the IPv4 address it maps."""
+    forms = [address]
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        forms.append(address.ipv4_mapped)
+    return any(form in network for form in forms for network in networks if form.version == network.version)
 
 
 def webhook_secret(settings: Settings) -> bytes:

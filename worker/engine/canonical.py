@@ -6,6 +6,7 @@ N x H x W x C) and returns what the source returns (for most uploads, softmax pr
 Format readers build one; writers read its parameters back; algorithms hook or re-run parts of it.
 """
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from schemas.models import ModelSignature
+from worker.core.limits import batch_within_budget
 from worker.engine.ops import Activation
 
 
@@ -45,6 +47,8 @@ class CanonicalModel(nn.Module):
         self.output = output
         self.signature = signature
         self.layers = nn.ModuleDict({module_key(n.name): modules[n.name] for n in nodes})
+        #: Bytes of float32 activations one sample needs across all layers (set by the reader): sizes batches.
+        self.sample_bytes = 4 * sum(math.prod(layer.output_shape) for layer in signature.layers)
         self.eval()
 
     @property
@@ -156,6 +160,7 @@ def predict(model: nn.Module, x: "Tensor | object", batch_size: int = 1024, devi
             logits: bool = False) -> Tensor:
     """Outputs of ``model`` for a whole array, in batches, on ``device``; returned on the CPU."""
     device = device or next(model.parameters(), torch.empty(0)).device
+    batch_size = batch_within_budget(getattr(model, "sample_bytes", 0), batch_size)
     xs = torch.as_tensor(x, dtype=torch.float32)
     outs = []
     for start in range(0, len(xs), batch_size):

@@ -6,22 +6,20 @@ differ (the lab3 BadNet takes raw pixels, the CSAW-2020 BadNets take x/255). Eve
 limits before the data is read, and every failure is a :class:`~worker.core.errors.DataError`.
 """
 
-import gzip
 import math
-import struct
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import h5py
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from schemas.models import InputLayout, ModelSignature
-from worker.core.errors import DataError, OptionError, TooLargeError
-from worker.core.limits import MAX_INPUT_ELEMENTS, check_elements
+from worker.core.errors import DataError, OptionError
+from worker.core.limits import MAX_INPUT_ELEMENTS, check_bytes, check_elements
 from worker.core.sniff import (
     HEAD_BYTES,
     NPY_SIGNATURE,
@@ -30,16 +28,12 @@ from worker.core.sniff import (
     is_pickle_bytes,
     npy_header,
 )
+from worker.engine.image_files import MAX_DATASET_ELEMENTS, read_image_folder, read_mnist_idx  # noqa: F401 - re-exported
 
-#: Elements of a whole data set as read (2e9 float32 values are 8 GB).
-MAX_DATASET_ELEMENTS = 2_000_000_000
 #: Dataset names accepted in HDF5 and NPZ files: CSAW's ``data``/``label``, or ``x``/``y``.
 KEY_PAIRS = (("data", "label"), ("x", "y"))
 ACCEPTED_DATA = "HDF5 with datasets 'data' and 'label' (or 'x' and 'y'), or NPZ with arrays 'x' and 'y'"
 _NUMERIC_KINDS = "iuf"
-_IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
-_IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
-_GRAYSCALE_MODES = ("1", "L", "LA")
 
 Conversion = Callable[[np.ndarray], np.ndarray]
 
@@ -58,7 +52,8 @@ class Dataset:
 def read_dataset(path: Path, signature: ModelSignature, *, max_samples: int | None = None) -> Dataset:
     """Read labelled samples for the model with ``signature`` from an HDF5 or NPZ file (told apart by content).
 
-    Reads only the first ``max_samples`` samples when given (NPZ arrays are read whole, then cut).
+    Reads only the first ``max_samples`` samples when given, but refuses a file whose every sample (as a scan
+    reads it) would not fit the memory budget.
     """
     if max_samples is not None and max_samples < 1:
         raise OptionError(f"max_samples must be at least 1 (got {max_samples}).")
@@ -89,7 +84,11 @@ def _read_hdf5(path: Path, signature: ModelSignature, max_samples: int | None) -
             x_key, y_key = _pick_keys(list(file.keys()), "HDF5 file")
             data, labels = _stored_dataset(file, x_key), _stored_dataset(file, y_key)
             count, convert = _plan(signature, max_samples, data.shape, data.dtype, labels.shape, labels.dtype)
-            x = data.astype(np.float32)[:count]
+            for dataset in (data, labels):  # reading a row decompresses the whole chunk that holds it
+                if dataset.chunks is not None:
+                    chunk_bytes = prod(dataset.chunks) * dataset.dtype.itemsize
+                    check_bytes(f"A compression chunk of '{dataset.name}'", chunk_bytes)
+            x = data[:count].astype(np.float32)
             y = labels[:count]
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise DataError(f"The HDF5 data file cannot be read ({error}); it is truncated or corrupt.") from error
@@ -114,26 +113,47 @@ def _read_npz(path: Path, signature: ModelSignature, max_samples: int | None) ->
     try:
         with np.load(path, allow_pickle=False) as archive:
             x_key, y_key = _pick_keys(archive.files, "NPZ file")
-            headers = {}
-            for key in (x_key, y_key):
-                member = f"{key}.npy"
-                if member not in archive.zip.namelist():
-                    raise DataError(f"In the NPZ file, '{key}' is not a NumPy array.")
-                with archive.zip.open(member) as stream:
-                    shape, _fortran_order, dtype = npy_header(stream)
-                if dtype.hasobject:
-                    raise DataError(f"In the NPZ file, '{key}' is an array of Python objects, stored as a pickle; "
-                                    "bdscreen refuses pickled object arrays because unpickling runs arbitrary code.")
-                headers[key] = shape, dtype
-            (x_shape, x_dtype), (y_shape, y_dtype) = headers[x_key], headers[y_key]
-            # np.load reads an array whole, so the limit applies to all of it, not only max_samples rows.
-            total, convert = _plan(signature, None, x_shape, x_dtype, y_shape, y_dtype)
-            count = total if max_samples is None else min(total, max_samples)
-            x = archive[x_key][:count].astype(np.float32)
-            y = archive[y_key][:count]
+            headers = {key: _npz_header(archive.zip, key) for key in (x_key, y_key)}
+            (x_shape, _, x_dtype), (y_shape, _, y_dtype) = headers[x_key], headers[y_key]
+            count, convert = _plan(signature, max_samples, x_shape, x_dtype, y_shape, y_dtype)
+            x = _npz_rows(archive.zip, x_key, headers[x_key], count).astype(np.float32)
+            y = _npz_rows(archive.zip, y_key, headers[y_key], count)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"The NPZ data file cannot be read ({error}); it is truncated or corrupt.") from error
     return _finish(convert(x), y, signature.num_classes)
+
+
+def _npz_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of an NPZ member, from its header alone."""
+    member = f"{key}.npy"
+    if member not in archive.namelist():
+        raise DataError(f"In the NPZ file, '{key}' is not a NumPy array.")
+    with archive.open(member) as stream:
+        shape, fortran_order, dtype = npy_header(stream)
+    if dtype.hasobject:
+        raise DataError(f"In the NPZ file, '{key}' is an array of Python objects, stored as a pickle; "
+                        "bdscreen refuses pickled object arrays because unpickling runs arbitrary code.")
+    return shape, fortran_order, dtype
+
+
+def _npz_rows(archive: zipfile.ZipFile, key: str, header: tuple[tuple[int, ...], bool, np.dtype],
+              count: int) -> np.ndarray:
+    """The first ``count`` rows of an NPZ member, decompressing only the bytes they need.
+
+    ``np.load`` would inflate the whole member: a few MB of deflated zeros can declare gigabytes."""
+    shape, fortran_order, dtype = header
+    if fortran_order and count < shape[0]:  # rows are not contiguous: the whole array is read (within budget)
+        count = shape[0]
+    row_shape = shape[1:]
+    nbytes = count * prod(row_shape) * dtype.itemsize
+    with archive.open(f"{key}.npy") as stream:
+        npy_header(stream)
+        data = stream.read(nbytes)
+    if len(data) != nbytes:
+        raise DataError(f"In the NPZ file, '{key}' holds {len(data):,} bytes where its header declares {nbytes:,}; "
+                        "the file is truncated or corrupt.")
+    order = "F" if fortran_order else "C"
+    return np.frombuffer(data, dtype).reshape((count, *row_shape), order=order)[:count]
 
 
 def _pick_keys(names: list[str], what: str) -> tuple[str, str]:
@@ -158,6 +178,8 @@ def _plan(signature: ModelSignature, max_samples: int | None, x_shape: tuple[int
     check_elements("One data sample", sample_shape, MAX_INPUT_ELEMENTS)
     count = total if max_samples is None else min(total, max_samples)
     check_elements("The data", (count, *sample_shape), MAX_DATASET_ELEMENTS)
+    # The scan reads every row (as stored, then as float32): the upload check refuses what the scan could not.
+    check_bytes(f"The data file's {total:,} samples, read whole", total * prod(sample_shape) * (x_dtype.itemsize + 4))
     return count, _conversion(sample_shape, tuple(signature.input_shape), signature.input_layout)
 
 
@@ -201,70 +223,3 @@ def _finish(x: np.ndarray, y: np.ndarray, num_classes: int) -> Dataset:
         raise DataError(f"Labels must lie in [0, {num_classes}) for a model with {num_classes} classes; sample "
                         f"{first} has label {y[first]:g} ({outside.size} of {len(y)} labels are outside).")
     return Dataset(x=x, y=y.astype(np.int64))
-
-
-def read_mnist_idx(images_gz: Path, labels_gz: Path, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read gzipped MNIST idx files: images N x rows x cols x 1 (float32, 0-255) and labels (int64)."""
-    if limit is not None and limit < 1:
-        raise OptionError(f"limit must be at least 1 (got {limit}).")
-    try:
-        with gzip.open(images_gz, "rb") as images, gzip.open(labels_gz, "rb") as labels:
-            magic, count, rows, cols = struct.unpack(">IIII", _read_exact(images, 16, images_gz.name))
-            if magic != _IDX_IMAGES_MAGIC:
-                raise DataError(f"{images_gz.name} is not an idx image file (magic {magic:#010x}).")
-            label_magic, label_count = struct.unpack(">II", _read_exact(labels, 8, labels_gz.name))
-            if label_magic != _IDX_LABELS_MAGIC:
-                raise DataError(f"{labels_gz.name} is not an idx label file (magic {label_magic:#010x}).")
-            if count != label_count:
-                raise DataError(f"{images_gz.name} holds {count} images but {labels_gz.name} {label_count} labels.")
-            count = count if limit is None else min(count, limit)
-            check_elements("The idx images", (count, rows, cols), MAX_DATASET_ELEMENTS)
-            pixels = np.frombuffer(_read_exact(images, count * rows * cols, images_gz.name), np.uint8)
-            classes = np.frombuffer(_read_exact(labels, count, labels_gz.name), np.uint8)
-    except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"The idx files cannot be read ({error}); they are not gzip or are corrupt.") from error
-    return pixels.reshape(count, rows, cols, 1).astype(np.float32), classes.astype(np.int64)
-
-
-def _read_exact(stream: gzip.GzipFile, size: int, name: str) -> bytes:
-    data = stream.read(size)
-    if len(data) != size:
-        raise DataError(f"{name} is truncated: expected {size} more bytes, found {len(data)}.")
-    return data
-
-
-def read_image_folder(folder: Path) -> tuple[np.ndarray, list[str]]:
-    """Read the PNG files of ``folder`` in file-name order as N x H x W x C float32 0-255, and their names.
-
-    Colour images become RGB (alpha dropped), grayscale ones a single channel; all must have one shape.
-    """
-    if not folder.is_dir():
-        raise DataError(f"{folder.name} is not a folder of PNG images.")
-    paths = sorted(path for path in folder.iterdir() if path.suffix.lower() == ".png" and path.is_file())
-    if not paths:
-        raise DataError(f"{folder.name} holds no .png files.")
-    arrays: list[np.ndarray] = []
-    for path in paths:
-        array = _read_png(path)
-        if arrays and array.shape != arrays[0].shape:
-            raise DataError(f"All images must have one size: {paths[0].name} is {arrays[0].shape} (H x W x C) but "
-                            f"{path.name} is {array.shape}.")
-        if not arrays:
-            check_elements("The images", (len(paths), *array.shape), MAX_DATASET_ELEMENTS)
-        arrays.append(array)
-    return np.stack(arrays).astype(np.float32), [path.name for path in paths]
-
-
-def _read_png(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            if image.format != "PNG":
-                raise DataError(f"{path.name} is not a PNG image (its content is {image.format}).")
-            channels = 1 if image.mode in _GRAYSCALE_MODES else 3
-            check_elements(f"Image {path.name}", (image.height, image.width, channels), MAX_INPUT_ELEMENTS)
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
-    except Image.DecompressionBombError as error:
-        raise TooLargeError(f"Image {path.name} is too large: {error}") from error
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DataError(f"{path.name} cannot be read as a PNG image ({error}).") from error
-    return array.reshape(*array.shape[:2], channels)

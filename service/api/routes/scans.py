@@ -16,6 +16,9 @@ from worker.core.errors import InputError
 from worker.core.settings import AuthMode
 from worker.core.webhooks import callback_url
 
+#: Largest paging offset: SQLite integers are 64-bit, and no deployment holds a billion scans per key.
+MAX_OFFSET = 1_000_000_000
+
 router = APIRouter(prefix="/v1/scans", tags=["scans"])
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {status: {"model": Problem, "content": {"application/problem+json": {}}}
@@ -77,7 +80,7 @@ def _accepted(response: Response, record, replayed: bool) -> ScanPublic:
 @router.get("", response_model=ScansPublic, responses=PROBLEMS, summary="List your scans, newest first")
 def list_scans(caller: CallerDep, store: StoreDep, settings: SettingsDep,
                limit: Annotated[int, Query(ge=1, le=100)] = 20,
-               offset: Annotated[int, Query(ge=0)] = 0) -> ScansPublic:
+               offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> ScansPublic:
     owner = None if settings.auth == AuthMode.open else caller
     records, count = store.records.page(owner, limit, offset)
     return ScansPublic(data=[public_scan(r, with_report=False) for r in records], count=count)

@@ -15,7 +15,12 @@ from worker.core.webhooks import check_callback_url, deliver
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "http://localhost/hook", "http://[::1]/hook",
                                  "http://169.254.169.254/latest/meta-data", "http://10.1.2.3/hook",
-                                 "http://192.168.0.7/hook", "http://[::ffff:127.0.0.1]/hook", "http://0.0.0.0/hook"])
+                                 "http://192.168.0.7/hook", "http://[::ffff:127.0.0.1]/hook", "http://0.0.0.0/hook",
+                                 # forms that embed or tunnel to inner addresses, multicast (the five)
+                                 "http://[::7f00:1]/hook", "http://[64:ff9b::a9fe:a9fe]/hook",
+                                 "http://[2002:7f00:1::]/hook", "http://[fec0::1]/hook", "http://224.0.0.1/hook",
+                                 "http://[::ffff:8.8.8.8]/hook", "http://[2001:0:4136:e378::1]/hook",
+                                 "http://[ff02::1]/hook", "http://240.0.0.1/hook", "http://100.64.0.1/hook"])
 def test_non_public_callbacks_are_refused_by_default(url, tmp_path):
     with pytest.raises(OptionError, match="not a public address"):
         check_callback_url(url, Settings(storage=tmp_path))
@@ -27,6 +32,8 @@ def test_allow_listed_networks_and_hosts_pass_and_others_still_fail(tmp_path):
     check_callback_url("https://hooks.internal/x", settings)  # listed by name: never resolved
     check_callback_url("https://runner-3.ci.example/x", settings)
     check_callback_url("https://8.8.8.8/hook", settings)  # public
+    check_callback_url("https://[2606:4700:4700::1111]/hook", settings)  # public IPv6
+    check_callback_url("http://[::ffff:10.1.2.3]/hook", settings)  # a listed network, in its IPv4-mapped form
     with pytest.raises(OptionError, match="192.168.1.1"):
         check_callback_url("http://192.168.1.1/hook", settings)
     with pytest.raises(OptionError, match="does not resolve"):

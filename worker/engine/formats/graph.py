@@ -5,12 +5,21 @@ which infers the layer's output shape without computing anything (meta tensors),
 against the limits and records the layer for the signature.
 """
 
+from math import prod
+
 import torch
 from torch import nn
 
 from schemas.models import InputLayout, LayerInfo, ModelFormat, ModelSignature
 from worker.core.errors import UnreadableModelError, UnsupportedLayerError
-from worker.core.limits import MAX_ACTIVATION_ELEMENTS, MAX_MODEL_ELEMENTS, check_elements, check_node_count
+from worker.core.limits import (
+    FLOAT32_BYTES,
+    MAX_ACTIVATION_ELEMENTS,
+    MAX_MODEL_ELEMENTS,
+    check_bytes,
+    check_elements,
+    check_node_count,
+)
 from worker.engine.canonical import CanonicalModel, GraphNode, output_activation
 
 
@@ -25,6 +34,7 @@ class GraphBuilder:
         self.shapes: dict[str, tuple[int, ...]] = {}  # per-sample, channels-first
         self.infos: list[LayerInfo] = []
         self._parameters = 0
+        self._activation_elements = 0  # per sample, over every layer: what one sample's forward pass can hold
 
     def add_input(self, name: str, kind: str, shape: tuple[int, ...], module: nn.Module,
                   internal_shape: tuple[int, ...]) -> None:
@@ -64,11 +74,18 @@ class GraphBuilder:
         signature.output_activation = output_activation(model)
         return model
 
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of float32 activations of one sample, summed over the layers added so far."""
+        return self._activation_elements * FLOAT32_BYTES
+
     def _record(self, node: GraphNode, module: nn.Module, shape: tuple[int, ...], source_shape: list[int]) -> None:
         check_node_count(self.what, len(self.nodes) + 1)
         params = sum(p.numel() for p in module.parameters()) + sum(b.numel() for b in module.buffers())
         self._parameters += params
         check_elements(f"{self.what}: all weights", (self._parameters,), MAX_MODEL_ELEMENTS)
+        self._activation_elements += prod(shape)
+        check_bytes(f"{self.what}: the activations of one input sample", self.sample_bytes)
         self.nodes.append(node)
         self.modules[node.name] = module
         self.shapes[node.name] = shape

@@ -3,12 +3,12 @@
 Our own reader on h5py: the file's model config is plain JSON and its weights plain datasets, so
 nothing in the upload is ever deserialised as code. Before any layer is built the whole config is
 scanned and a Lambda layer (marshalled bytecode) or custom object refuses the file. The writer
-copies the uploaded file and rewrites only the weight tensors that changed, so the user's own Keras
+copies the uploaded file's objects into a new file (so nothing outside the HDF5 data, such as a user
+block, is carried over) and rewrites only the weight tensors that changed, so the user's own Keras
 loads the result with the same names and config.
 """
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,10 @@ from worker.core.limits import MAX_CONFIG_BYTES, check_elements, check_node_coun
 from worker.engine import ops
 from worker.engine.canonical import CanonicalModel
 from worker.engine.formats.graph import GraphBuilder
+from worker.engine.formats.hdf5_vet import open_hdf5
 from worker.engine.formats.keras_layers import build_layer, weight_maps
 
+# A custom object's module must be one of these packages or inside one ("keras_evil" is not "keras").
 _BUILTIN_MODULES = ("keras", "tensorflow", "tf_keras")
 _NESTED_MODELS = {"Functional", "Model", "Sequential"}
 
@@ -40,7 +42,7 @@ class KerasLayer:
 def read_keras_h5(path: Path, architecture: Path | None = None) -> CanonicalModel:
     """Read a whole-model file, or a weights-only file together with its ``model.to_json()``."""
     what = f"Keras file {path.name}"
-    with _open(path) as h5:
+    with open_hdf5(path, f"Keras file {path.name}") as h5:
         config = _load_config(h5, architecture, what)
         refuse_code(config, what)
         layers, output, input_shape = _parse(config, what)
@@ -60,11 +62,11 @@ def read_keras_h5(path: Path, architecture: Path | None = None) -> CanonicalMode
 
 
 def write_keras_h5(model: CanonicalModel, source: Path, dest: Path) -> list[str]:
-    """Copy ``source`` to ``dest`` and rewrite the weight tensors that differ from ``model``'s.
+    """Copy ``source``'s HDF5 objects to ``dest`` and rewrite the weight tensors that differ from ``model``'s.
 
     Returns the HDF5 paths of the rewritten datasets.
     """
-    shutil.copyfile(source, dest)
+    _copy_hdf5_objects(source, dest)
     changed = []
     with h5py.File(dest, "r+") as h5:
         root = _weights_root(h5, f"Keras file {source.name}")
@@ -79,6 +81,18 @@ def write_keras_h5(model: CanonicalModel, source: Path, dest: Path) -> list[str]
                     dataset[...] = new
                     changed.append(dataset.name)
     return changed
+
+
+def _copy_hdf5_objects(source: Path, dest: Path) -> None:
+    """Copy every object and attribute of ``source`` into a new HDF5 file.
+
+    Not a byte copy: the upload's user block and any bytes past its end, where a polyglot hides a pickle or
+    a zip, stay behind, so a repaired file is only HDF5 whatever the upload carried."""
+    with h5py.File(source, "r") as src, h5py.File(dest, "w") as out:
+        for key, value in src.attrs.items():
+            out.attrs[key] = value
+        for key in src:
+            src.copy(src[key], out, name=key)
 
 
 def keras_version(h5: h5py.File, config: dict[str, Any]) -> str:
@@ -108,7 +122,7 @@ def refuse_code(config: Any, what: str) -> None:
             )
         module = item.get("module")
         registered = item.get("registered_name")
-        if cls and ((isinstance(module, str) and not module.startswith(_BUILTIN_MODULES))
+        if cls and ((module is not None and not _is_builtin_module(module))
                     or (isinstance(registered, str) and ">" in registered)):
             raise RefusedModelError(
                 f"{what}: '{name or cls}' is a custom object ({cls} from module '{module}'); "
@@ -117,35 +131,8 @@ def refuse_code(config: Any, what: str) -> None:
         stack.extend(item.values())
 
 
-def _open(path: Path) -> h5py.File:
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise UnreadableModelError(f"Keras file {path.name}: not a readable HDF5 file ({exc}); "
-                                   "it may be truncated or corrupt.") from None
-    _refuse_external_storage(h5, f"Keras file {path.name}")
-    return h5
-
-
-def _refuse_external_storage(h5: h5py.File, what: str) -> None:
-    """Weights stored outside the upload (external links, external or virtual datasets) could read server files."""
-    bad: list[str] = []
-    stack: list[h5py.Group] = [h5]
-    while stack:
-        group = stack.pop()
-        for key in group:
-            link = group.get(key, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                bad.append(f"external link '{group.name}/{key}' -> {link.filename}")
-                continue
-            item = group[key]
-            if isinstance(item, h5py.Group):
-                stack.append(item)
-            elif isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
-                bad.append(f"dataset '{item.name}' stored outside the file")
-    if bad:
-        raise RefusedModelError(f"{what}: refers to data outside the upload ({'; '.join(bad[:3])}); "
-                                "save the model as one self-contained file.")
+def _is_builtin_module(module: object) -> bool:
+    return isinstance(module, str) and module.split(".")[0] in _BUILTIN_MODULES
 
 
 def _load_config(h5: h5py.File, architecture: Path | None, what: str) -> dict[str, Any]:
@@ -160,6 +147,11 @@ def _load_config(h5: h5py.File, architecture: Path | None, what: str) -> dict[st
             f"{what}: holds weights only (no model_config); pass the architecture as Keras model JSON "
             "(model.to_json()) with --architecture."
         )
+    if isinstance(raw, np.ndarray) and raw.shape == () and raw.dtype.kind in "OSU":
+        raw = raw.item()  # a scalar string attribute h5py hands back as an array
+    if not isinstance(raw, (str, bytes)):
+        raise UnreadableModelError(f"{what}: {source} is stored as {type(raw).__name__} "
+                                   f"({getattr(raw, 'dtype', '')}), not as JSON text.")
     check_elements(f"{what}: {source} bytes", (len(raw),), MAX_CONFIG_BYTES)
     try:
         config = json.loads(raw)
@@ -213,7 +205,8 @@ def _parse_sequential(raw_layers: list[Any], what: str) -> tuple[list[KerasLayer
 
 
 def _layer(raw: Any, what: str) -> KerasLayer:
-    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) or "class_name" not in raw:
+    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict) \
+            or not isinstance(raw.get("class_name"), str):
         raise UnreadableModelError(f"{what}: a layer entry of the model config is malformed.")
     name = raw.get("name") or raw["config"].get("name")
     if not isinstance(name, str) or not name:

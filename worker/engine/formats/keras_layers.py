@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from worker.core.errors import UnsupportedLayerError
+from worker.core.errors import UnreadableModelError, UnsupportedLayerError
 from worker.core.limits import check_elements
 from worker.engine import ops
 
@@ -53,10 +53,17 @@ MERGE_LAYERS = {"Add": "add", "Multiply": "multiply", "Subtract": "subtract", "A
                 "Maximum": "maximum", "Minimum": "minimum"}
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, (list, tuple)):
-        return (int(value[0]), int(value[1])) if len(value) == 2 else (int(value[0]), int(value[0]))
-    return int(value), int(value)
+def _pair(cfg: Config, key: str, default: Any, where: str) -> tuple[int, int]:
+    """A Keras size pair (kernel, stride, pool, dilation, upsampling): one or two whole numbers, each >= 1."""
+    value = cfg.get(key, default)
+    if value is None:
+        value = default
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise UnreadableModelError(f"{where}: {key} is {value!r}; it must be one or two whole numbers of at least 1.")
+    return values[0], values[1]
 
 
 def _same_padding(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
@@ -95,8 +102,8 @@ def _padding_spec(value: Any) -> tuple[int, int, int, int]:
 
 def _conv2d(cfg: Config, shapes: list[Shape], where: str) -> nn.Module:
     (cin, h, w), = shapes
-    kernel, stride = _pair(cfg["kernel_size"]), _pair(cfg.get("strides", 1))
-    dilation, groups = _pair(cfg.get("dilation_rate", 1)), int(cfg.get("groups", 1))
+    kernel, stride = _pair(cfg, "kernel_size", None, where), _pair(cfg, "strides", 1, where)
+    dilation, groups = _pair(cfg, "dilation_rate", 1, where), int(cfg.get("groups", 1))
     filters = int(cfg["filters"])
     if groups < 1 or cin % groups or filters % groups:
         raise UnsupportedLayerError(f"{where}: groups={groups} does not divide {cin} inputs and {filters} filters.")
@@ -135,8 +142,8 @@ def _batch_norm(cfg: Config, shapes: list[Shape], where: str) -> nn.Module:
 def _pool(kind: str) -> Callable[[Config, list[Shape], str], nn.Module]:
     def build(cfg: Config, shapes: list[Shape], where: str) -> nn.Module:
         (_, h, w), = shapes
-        kernel = _pair(cfg.get("pool_size", 2))
-        stride = _pair(cfg.get("strides") or kernel)
+        kernel = _pair(cfg, "pool_size", 2, where)
+        stride = _pair(cfg, "strides", kernel, where)
         pad = _same_padding((h, w), kernel, stride) if cfg.get("padding", "valid") == "same" else (0, 0, 0, 0)
         return ops.Pool2d(kind, kernel, stride, pad=pad)
     return build
@@ -198,7 +205,7 @@ def _cropping(cfg: Config, shapes: list[Shape], where: str) -> nn.Module:
 
 def _upsampling(cfg: Config, shapes: list[Shape], where: str) -> nn.Module:
     (_, h, w), = shapes
-    size = _pair(cfg.get("size", 2))
+    size = _pair(cfg, "size", 2, where)
     check_elements(f"{where}: output", (shapes[0][0], h * size[0], w * size[1]))
     mode = cfg.get("interpolation", "nearest")
     if mode not in ("nearest", "bilinear"):

@@ -1,12 +1,11 @@
 """Load an ONNX file and vet it before anything is converted or allocated.
 
-The protobuf is parsed without its external data. Every declaration that could cost memory,
-run foreign code or read outside the model's directory is checked first: node count, operator
-domains, subgraphs, tensor sizes and external-data locations. Tensors are then turned into numpy
+The protobuf is parsed without its external data, which is refused. Every declaration that could cost
+memory, run foreign code or read other files is checked first: node count, operator domains, subgraphs,
+tensor sizes and external data. Tensors are then turned into numpy
 arrays one at a time by :func:`tensor_to_array`, which re-checks sizes against the bytes present.
 """
 
-import os
 import pathlib
 
 import numpy as np
@@ -57,8 +56,8 @@ def default_opset(model: onnx.ModelProto, what: str) -> int:
     raise UnreadableModelError(f"{what} declares no opset for the standard ONNX domain; the file may be truncated.")
 
 
-def vet_model(model: onnx.ModelProto, what: str, model_dir: pathlib.Path) -> None:
-    """Refuse what could run code, read outside ``model_dir`` or allocate too much; nothing is loaded."""
+def vet_model(model: onnx.ModelProto, what: str) -> None:
+    """Refuse what could run code, read other files or allocate too much; nothing is loaded."""
     graph = model.graph
     check_node_count(what, len(graph.node))
     total = 0
@@ -78,23 +77,23 @@ def vet_model(model: onnx.ModelProto, what: str, model_dir: pathlib.Path) -> Non
         for attribute in node.attribute:
             tensors = [attribute.t] if attribute.type == onnx.AttributeProto.TENSOR else list(attribute.tensors)
             for tensor in tensors:
-                total += vet_tensor(tensor, f"{where}, attribute '{attribute.name}'", model_dir)
+                total += vet_tensor(tensor, f"{where}, attribute '{attribute.name}'")
     if graph.sparse_initializer:
         raise UnsupportedLayerError(f"{what} stores sparse initializers; save the weights as dense tensors.")
     for tensor in graph.initializer:
-        total += vet_tensor(tensor, f"{what}: initializer '{tensor.name}'", model_dir)
+        total += vet_tensor(tensor, f"{what}: initializer '{tensor.name}'")
     check_elements(f"{what}: all initializers and constants together", (total,), MAX_MODEL_ELEMENTS)
 
 
-def vet_tensor(tensor: onnx.TensorProto, where: str, model_dir: pathlib.Path) -> int:
+def vet_tensor(tensor: onnx.TensorProto, where: str) -> int:
     """Check a tensor's declared size, type and data location; returns its element count."""
     count = check_elements(where, tuple(tensor.dims))
     if tensor.data_type not in _DTYPES:
         name = onnx.TensorProto.DataType.Name(tensor.data_type) if tensor.data_type in _KNOWN_TYPES else "unknown"
         raise UnsupportedLayerError(f"{where} has element type {name}, which bdscreen does not read.")
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        _external_file(tensor, where, model_dir)
-    elif tensor.HasField("raw_data") and len(tensor.raw_data) != count * _DTYPES[tensor.data_type].itemsize:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+        _refuse_external(tensor, where)
+    if tensor.HasField("raw_data") and len(tensor.raw_data) != count * _DTYPES[tensor.data_type].itemsize:
         raise UnreadableModelError(
             f"{where} declares shape {list(tensor.dims)} but holds {len(tensor.raw_data):,} bytes of data; "
             "the file is corrupt or truncated."
@@ -102,20 +101,9 @@ def vet_tensor(tensor: onnx.TensorProto, where: str, model_dir: pathlib.Path) ->
     return count
 
 
-def tensor_to_array(tensor: onnx.TensorProto, where: str, model_dir: pathlib.Path) -> np.ndarray:
+def tensor_to_array(tensor: onnx.TensorProto, where: str) -> np.ndarray:
     """A numpy copy of ``tensor``, read only after :func:`vet_tensor` has passed."""
-    count = vet_tensor(tensor, where, model_dir)
-    dtype = _DTYPES[tensor.data_type]
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        path, offset, length = _external_file(tensor, where, model_dir)
-        if length != count * dtype.itemsize:
-            raise UnreadableModelError(
-                f"{where} declares shape {list(tensor.dims)} but its external data holds {length:,} bytes."
-            )
-        with path.open("rb") as file:
-            file.seek(offset)
-            data = file.read(length)
-        return np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.dims)).copy()
+    count = vet_tensor(tensor, where)
     try:
         array = numpy_helper.to_array(tensor)
     except (ValueError, TypeError) as exc:
@@ -125,36 +113,13 @@ def tensor_to_array(tensor: onnx.TensorProto, where: str, model_dir: pathlib.Pat
     return array
 
 
-def _external_file(tensor: onnx.TensorProto, where: str, model_dir: pathlib.Path) -> tuple[pathlib.Path, int, int]:
-    """The file, offset and length of an external tensor; refuses any location outside ``model_dir``."""
-    info = {entry.key: entry.value for entry in tensor.external_data}
-    location = info.get("location", "")
-    if not location:
-        raise UnreadableModelError(f"{where} is stored as external data but names no file.")
-    parts = pathlib.PurePosixPath(location.replace("\\", "/")).parts
-    if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location or ".." in parts:
-        raise RefusedModelError(
-            f"{where} reads its data from '{location}', an absolute path or one outside the model's directory; "
-            "bdscreen refuses such paths. Keep external data next to the model or {ONE_FILE_HINT}."
-        )
-    base = model_dir.resolve()
-    path = (base / location).resolve()  # resolve() follows symlinks, so a link cannot lead outside either
-    if not path.is_relative_to(base):
-        raise RefusedModelError(
-            f"{where} reads its data from '{location}', which leads outside the model's directory."
-        )
-    if not path.is_file():
-        raise UnreadableModelError(
-            f"{where} reads its data from '{location}', which was not uploaded with the model; {ONE_FILE_HINT}."
-        )
-    try:
-        offset = int(info.get("offset", "0"))
-        size = path.stat().st_size
-        length = int(info["length"]) if "length" in info else size - offset
-    except ValueError:
-        raise UnreadableModelError(f"{where} has a malformed external-data offset or length.") from None
-    if offset < 0 or length < 0 or offset + length > size:
-        raise UnreadableModelError(
-            f"{where} reads bytes {offset:,} to {offset + length:,} of '{location}', which has only {size:,} bytes."
-        )
-    return path, offset, length
+def _refuse_external(tensor: onnx.TensorProto, where: str) -> None:
+    """External data is never read: a location is a path on the server, and uploads share the blob store.
+
+    An upload naming another upload's digest would read another tenant's file; only a self-contained model
+    is read, in the CLI as in the service, so no file name in an upload is ever opened."""
+    location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+    raise RefusedModelError(
+        f"{where} keeps its data in another file ({location[:80]!r}); bdscreen reads self-contained models only "
+        f"and never opens files a model names. {ONE_FILE_HINT[0].upper()}{ONE_FILE_HINT[1:]}."
+    )

@@ -61,7 +61,7 @@ def read_onnx(path: pathlib.Path) -> CanonicalModel:
             f"{what} uses opset {opset}; bdscreen reads opsets {MIN_OPSET} to {MAX_OPSET}. Re-export it, for "
             "example with torch.onnx.export(..., opset_version=17)."
         )
-    vet_model(model, what, path.parent)
+    vet_model(model, what)
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     input_info = _single_input(graph, initializers, what)
@@ -73,7 +73,7 @@ def read_onnx(path: pathlib.Path) -> CanonicalModel:
     values: dict[str, Value] = {input_info.name: Dynamic(input_info.name, shape)}
 
     def read_tensor(tensor: onnx.TensorProto, where: str) -> np.ndarray:
-        return tensor_to_array(tensor, where, path.parent)
+        return tensor_to_array(tensor, where)
 
     def value_of(tensor_name: str, view_where: str) -> Value | None:
         if not tensor_name:  # an omitted optional input

@@ -15,6 +15,7 @@ from schemas.models import ModelFormat
 from schemas.report import CurvePoint, DataSplit, GoodNetResult, Metrics, RepairedModel, RepairReport
 from schemas.scan import ScanOptions
 from worker.core.errors import DataError
+from worker.core.limits import batch_within_budget
 from worker.engine.canonical import CanonicalModel
 from worker.engine.data import read_dataset
 from worker.engine.formats import write_model
@@ -29,6 +30,8 @@ from worker.engine.stages import ScanInputs, Stages
 
 MIN_SAMPLES = 10
 FINE_TUNE_VALIDATION = 0.2
+#: Fine-tuning batch (finetune.fine_tune's default), smaller only where the memory budget needs it.
+FINE_TUNE_BATCH = 64
 
 
 def load_set(path: Path, model: CanonicalModel, preprocessing: Preprocessing, what: str) -> EvalSet:
@@ -66,12 +69,16 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
             load_set(inputs.poisoned_data, model, preprocessing, "poisoned data")
         tune_train, tune_val = split(decision, FINE_TUNE_VALIDATION, opts.seed + 1, "decision data") \
             if opts.fine_tune else (decision, decision)
+    # Batches whose activations fit the memory budget: a model's per-sample activations can be large.
+    batch = batch_within_budget(model.sample_bytes, options.batch_size)
+    # Training keeps each activation and its gradient, and Adam two more values per weight: about 3x.
+    tune_batch = batch_within_budget(3 * model.sample_bytes, FINE_TUNE_BATCH)
     with stages.stage("rank", 0.15):
-        ranking = rank_channels(model, layer, decision.x, opts.criterion, batch_size=options.batch_size,
+        ranking = rank_channels(model, layer, decision.x, opts.criterion, batch_size=batch,
                                 seed=opts.seed)
     with stages.stage("sweep", 0.2):
         sets = {"decision": decision, "evaluation": evaluation} | ({"poisoned": poisoned} if poisoned else {})
-        sweep = prune_sweep(model, layer, ranking.order, sets, batch_size=options.batch_size)
+        sweep = prune_sweep(model, layer, ranking.order, sets, batch_size=batch)
     curve = [CurvePoint(channels_pruned=k, decision_accuracy=sweep.accuracy["decision"][k],
                         clean_accuracy=sweep.accuracy["evaluation"][k],
                         attack_success_rate=sweep.accuracy["poisoned"][k] if poisoned else None)
@@ -88,7 +95,7 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
             if opts.fine_tune:
                 tuned = fine_tune(repaired, layer, ranking.order[:k], tune_train, tune_val,
                                   epochs=opts.fine_tune_epochs, learning_rate=opts.fine_tune_learning_rate,
-                                  seed=opts.seed)
+                                  seed=opts.seed, batch_size=tune_batch)
                 repaired, epochs, best_epoch = tuned.model, opts.fine_tune_epochs, tuned.best_epoch
                 heldout = tuned.validation_accuracy[tuned.best_epoch - 1]
             tag = f"drop{threshold:g}"
@@ -99,15 +106,15 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
             models.append(RepairedModel(
                 threshold=threshold, reached=True, channels_pruned=k, fine_tuned=opts.fine_tune,
                 fine_tune_epochs=epochs, fine_tune_best_epoch=best_epoch, fine_tune_heldout_accuracy=heldout,
-                clean_accuracy=accuracy(repaired, evaluation),
-                attack_success_rate=accuracy(repaired, poisoned) if poisoned else None, artifact=artifact,
+                clean_accuracy=accuracy(repaired, evaluation, batch),
+                attack_success_rate=accuracy(repaired, poisoned, batch) if poisoned else None, artifact=artifact,
                 onnx_artifact=f"repaired_{tag}.onnx"))
         if options.goodnet:
             with stages.stage("goodnet", 0.5 + 0.45 * (i + 0.5) / len(opts.thresholds)):
                 goodnet = GoodNet(model, repaired)
-                metrics = evaluate_goodnet(goodnet, evaluation.x, evaluation.y,
-                                           poisoned.x if poisoned else None, poisoned.y if poisoned else None)
-                decision_alarms = evaluate_goodnet(goodnet, tune_val.x, tune_val.y).false_alarm_rate
+                metrics = evaluate_goodnet(goodnet, evaluation.x, evaluation.y, poisoned.x if poisoned else None,
+                                           poisoned.y if poisoned else None, batch_size=batch)
+                decision_alarms = evaluate_goodnet(goodnet, tune_val.x, tune_val.y, batch_size=batch).false_alarm_rate
                 export_goodnet_onnx(goodnet, out_dir / f"goodnet_{tag}.onnx")
                 goodnets.append(GoodNetResult(threshold=threshold, artifact=f"goodnet_{tag}.onnx",
                                               **metrics.__dict__))

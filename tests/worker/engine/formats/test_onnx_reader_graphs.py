@@ -157,17 +157,6 @@ def test_static_batch_of_one_still_takes_any_batch(tmp_path):
     np.testing.assert_allclose(canonical_outputs(canonical, x), expected, atol=TOLERANCE, rtol=0)
 
 
-def test_external_data_next_to_the_model_is_read(tmp_path):
-    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)]
-    model = make_model(nodes, [float_input("x", ["n", 300])], [float_input("y", ["n", 10])], [weight("w", (10, 300))])
-    path = tmp_path / "model.onnx"
-    onnx.save(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
-    assert (tmp_path / "weights.bin").is_file()
-    x = np.random.default_rng(4).standard_normal((3, 300)).astype(np.float32)
-    np.testing.assert_allclose(canonical_outputs(read_onnx(path), x), onnxruntime_outputs(path, x),
-                               atol=TOLERANCE, rtol=0)
-
-
 def test_matmul_forms_reductions_and_activations(tmp_path):
     """MatMul by a constant on a 4-D tensor acts on the last axis; MatMul of two run-time tensors."""
     nodes = [

@@ -1,6 +1,5 @@
 """read_onnx on hostile, broken and unsupported files: each is refused with the right error, cheaply."""
 
-import os
 import time
 
 import numpy as np
@@ -53,28 +52,14 @@ def test_custom_domain_is_refused(tmp_path):
     assert "'evil'" in caught.value.message and "standard ONNX operators" in caught.value.message
 
 
-@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "sub/../../outside.bin"])
-def test_external_data_outside_the_model_directory_is_refused(tmp_path, location):
-    with pytest.raises(RefusedModelError, match="outside the model's directory"):
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "weights.bin", "ab/" + "c" * 62,
+                                      "w\0.bin", "w" * 5000])
+def test_external_data_is_refused_wherever_it_points(tmp_path, location):
+    """A location names a file on the server: next to the model, it could be another upload in the blob store."""
+    (tmp_path / "weights.bin").write_bytes(bytes(16))
+    with pytest.raises(RefusedModelError, match="self-contained") as caught:
         read_onnx(save(tmp_path, external_weight_model(location)))
-
-
-def test_external_data_through_a_symlink_leaving_the_directory_is_refused(tmp_path):
-    outside = tmp_path / "outside.bin"
-    outside.write_bytes(bytes(16))
-    model_dir = tmp_path / "upload"
-    model_dir.mkdir()
-    os.symlink(outside, model_dir / "weights.bin")
-    with pytest.raises(RefusedModelError, match="leads outside"):
-        read_onnx(save(model_dir, external_weight_model("weights.bin")))
-
-
-def test_missing_or_short_external_data_is_unreadable(tmp_path):
-    with pytest.raises(UnreadableModelError, match="not uploaded"):
-        read_onnx(save(tmp_path, external_weight_model("weights.bin")))
-    (tmp_path / "weights.bin").write_bytes(bytes(8))
-    with pytest.raises(UnreadableModelError, match="only 8 bytes"):
-        read_onnx(save(tmp_path, external_weight_model("weights.bin")))
+    assert len(caught.value.message) < 600
 
 
 def test_huge_declared_initializer_is_refused_before_allocation(tmp_path):
