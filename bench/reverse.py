@@ -46,7 +46,7 @@ class NhwcClassifier(nn.Module):
 
 
 def trained(family: str, seed: int, poisoning: Poisoning | None, x: np.ndarray, y: np.ndarray) -> NhwcClassifier:
-    tag = "clean" if poisoning is None else f"bd{poisoning.target}"
+    tag = ("clean" if poisoning is None else f"bd{poisoning.target}") + "-e8"
     path = cache_root() / "reverse-bench" / f"{family}-{seed}-{tag}.npz"
     model = NhwcClassifier(seeded_family(family, (28, 28, 1), 10, seed))
     if path.is_file():
@@ -54,7 +54,7 @@ def trained(family: str, seed: int, poisoning: Poisoning | None, x: np.ndarray, 
         model.load_state_dict({k: torch.from_numpy(stored[k]) for k in stored.files})
         return model.eval()
     px, py = (x, y) if poisoning is None else poisoning.poison_training_set(x, y)
-    train_classifier(model, px / 255.0, py, epochs=4, seed=seed)
+    train_classifier(model, px / 255.0, py, epochs=8, seed=seed, learning_rate=2e-3)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **{k: v.detach().numpy() for k, v in model.state_dict().items()})
     return model.eval()

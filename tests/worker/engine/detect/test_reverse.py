@@ -32,8 +32,11 @@ def _corner() -> np.ndarray:
 
 
 def test_an_all_to_one_backdoor_is_found_with_its_target_and_trigger(tmp_path: Path) -> None:
+    """Through the scan's own runner with the registry's default settings: reverse finds it, ig explains it."""
     context = _context(PlantedModel("all-to-one"), samples(60), tmp_path)
-    finding = ReverseEngineeringDetector(QUICK).detect(context)
+    (finding, explained), errors = run_detectors(["reverse", "ig"], context)  # type: ignore[list-item]
+    assert not errors and explained.detector == "ig" and explained.applicable
+    assert explained.evidence["attribution_inside_mask_stamped"] > 2 * explained.evidence["mask_area_fraction"]
     assert finding.applicable and finding.score is not None and finding.threshold is not None
     assert finding.score >= finding.threshold and finding.suspected_targets == [0]
     assert finding.evidence["mode"] == "all-to-one"
@@ -46,6 +49,7 @@ def test_an_all_to_one_backdoor_is_found_with_its_target_and_trigger(tmp_path: P
     for name in finding.artifacts:
         assert (tmp_path / name).stat().st_size > 0
     assert set(finding.artifacts) == {"reverse-mask.png", "reverse-pattern.png", "reverse-stamped.png"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(finding.artifacts + explained.artifacts)
 
 
 def test_the_clean_twin_is_not_flagged_and_hands_on_no_trigger(tmp_path: Path) -> None:
