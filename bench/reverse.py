@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from schemas.models import InputLayout, ModelFormat, ModelSignature
 from worker.demo.badnet import train_classifier
-from worker.engine.data import Dataset, Preprocessing, read_mnist_idx
+from worker.engine.data import Dataset, read_mnist_idx
 from worker.engine.detect.base import DetectionContext
 from worker.engine.detect.reverse import ReverseEngineeringDetector
+from worker.engine.preprocess import Preprocessing
 from worker.zoo.architectures import family_names, seeded_family
 from worker.zoo.attacks import Poisoning, Trigger
 from worker.zoo.zoo import cache_root

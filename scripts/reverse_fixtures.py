@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from worker.engine.canonical import default_device
-from worker.engine.data import Dataset, Preprocessing, read_mnist_idx
+from worker.engine.data import Dataset, read_mnist_idx
 from worker.engine.detect import DETECTORS, DetectionContext
 from worker.engine.formats import read_model
+from worker.engine.preprocess import Preprocessing
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 if not FIXTURES.is_dir():
