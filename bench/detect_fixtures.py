@@ -71,8 +71,8 @@ def main() -> None:
                 continue
             options = ScanOptions(preprocessing=preprocessing, repair=RepairOptions(enabled=False))
             report = run_scan(inputs, options, folder / name.replace(" ", "_").replace(",", ""))
-            scores = ", ".join(f"{f.detector} {f.score:.2f}" if f.applicable else f"{f.detector} n/a"
-                               for f in report.findings)
+            scores = ", ".join(f"{f.detector} {'n/a' if not f.applicable else 'ran' if f.score is None else
+                                                 format(f.score, '.2f')}" for f in report.findings)
             errors = "; ".join(f"{e.stage}: {e.message}" for e in report.errors)
             probability = "-" if report.score is None else f"{report.score:.2f}"
             targets = ",".join(map(str, report.suspected_targets)) or "-"
