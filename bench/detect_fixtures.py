@@ -57,6 +57,12 @@ def cases(folder: Path) -> list[tuple[str, ScanInputs, dict, str]]:
     ]
 
 
+def _score(finding) -> str:  # type: ignore[no-untyped-def]
+    if not finding.applicable:
+        return "n/a"
+    return "ran" if finding.score is None else f"{finding.score:.2f}"  # evidence-only detectors have no score
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -71,8 +77,7 @@ def main() -> None:
                 continue
             options = ScanOptions(preprocessing=preprocessing, repair=RepairOptions(enabled=False))
             report = run_scan(inputs, options, folder / name.replace(" ", "_").replace(",", ""))
-            scores = ", ".join(f"{f.detector} {'n/a' if not f.applicable else 'ran' if f.score is None else
-                                                 format(f.score, '.2f')}" for f in report.findings)
+            scores = ", ".join(f"{f.detector} {_score(f)}" for f in report.findings)
             errors = "; ".join(f"{e.stage}: {e.message}" for e in report.errors)
             probability = "-" if report.score is None else f"{report.score:.2f}"
             targets = ",".join(map(str, report.suspected_targets)) or "-"
