@@ -1,9 +1,13 @@
-"""The service's figures: status reads, upload throughput and memory, end-to-end overhead, in one run.
+"""The service's figures: status reads, upload throughput and memory, end-to-end overhead, on SQLite and on
+PostgreSQL records, and the embedded soak with killed workers, in one run.
 
-    .venv/bin/python -m bench.service [--clients 50] [--reads 40] [--upload-mb 200] [--repeats 2]
+    .venv/bin/python -m bench.service [--clients 50] [--reads 40] [--upload-mb 200] [--repeats 3]
+                                      [--soak-scans 120] [--only soak|figures]
 
-Starts ``bdscreen serve`` (embedded filesystem broker) and then a gateway and workers on Redis (127.0.0.1:6379
-when it answers, else a ``redis-server`` started here), each on a fresh storage folder.
+Starts ``bdscreen serve`` (embedded filesystem broker, SQLite records), then a gateway and workers on Redis
+(127.0.0.1:6379 when it answers, else a ``redis-server`` started here) with SQLite records, then the same with
+the records on the PostgreSQL at 127.0.0.1:5432 (a database made for the run and dropped after it), each on a
+fresh storage folder; and last the soak of bench/service_soak.py on a fresh ``bdscreen serve``.
 Status reads: ``--clients`` concurrent clients each GET one finished scan ``--reads`` times (httpx, asyncio,
 on loopback; the client shares the machine's cores with the gateway). Upload: one ``--upload-mb`` body,
 streamed; the gateway's peak resident memory (VmHWM, reset before the upload) is read from /proc.
@@ -22,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import httpx
@@ -56,13 +61,17 @@ def faces(folder: Path) -> Path:
 class Service:
     """``bdscreen serve`` or ``bdscreen serve --no-worker`` plus workers, each in its own session."""
 
-    def __init__(self, folder: Path, broker: str | None) -> None:
+    def __init__(self, folder: Path, broker: str | None, database: str | None = None, **settings: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.folder = folder
         self.env = {**os.environ, "BDSCREEN_STORAGE": str(folder), "BDSCREEN_PORT": str(self.port),
-                    "BDSCREEN_AUTH": "open", "BDSCREEN_QUEUE_PREFIX": f"bench-{os.getpid()}-{self.port}"}
+                    "BDSCREEN_AUTH": "open", "BDSCREEN_QUEUE_PREFIX": f"bench-{os.getpid()}-{self.port}",
+                    **{f"BDSCREEN_{k.upper()}": v for k, v in settings.items()}}
         if broker:
             self.env["BDSCREEN_BROKER"] = broker
+        if database:
+            self.env["BDSCREEN_DATABASE_URL"] = database
         commands = [["serve"]] if broker is None else [["serve", "--no-worker"], ["worker", "--queues", "gpu"],
                                                        ["worker", "--queues", "cpu"]]
         self.log = folder.parent / f"{folder.name}.log"
@@ -164,17 +173,54 @@ def redis_url() -> tuple[str, subprocess.Popen | None]:
         return f"redis://127.0.0.1:{port}/0", server
 
 
+@contextmanager
+def postgres_database():
+    """A database made for this run on the local PostgreSQL (user postgres, trust auth); dropped at the end."""
+    import uuid
+
+    import psycopg
+
+    name = f"bdscreen_bench_{uuid.uuid4().hex[:10]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def soak(tmp: Path, scans: int) -> list[tuple[str, str, str]]:
+    from bench.service_soak import run_soak, soak_rows
+
+    # A short lease and reconcile period, so that a killed worker's scan comes back within seconds.
+    service = Service(tmp / "soak", None, heartbeat_seconds="1", reconcile_seconds="1", validate_timeout="10")
+    try:
+        result = run_soak(service.url, service.gateway_pid, service.folder,
+                          FIXTURES / "mnist/csaw_c_clean_label_bd_net.h5", scans)
+    finally:
+        service.stop()
+    return soak_rows(result, scans, 8)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--reads", type=int, default=40)
     parser.add_argument("--upload-mb", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--soak-scans", type=int, default=120)
+    parser.add_argument("--only", choices=["soak", "figures"])
     args = parser.parse_args()
     model = FIXTURES / "ytf/sunglasses_bd_net.h5"
     rows: list[tuple[str, str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp, ExitStack() as stack:
         tmp = Path(tmp)
+        if args.only == "soak":
+            rows += soak(tmp, args.soak_scans)
+            _print(rows, args)
+            return
         clean = faces(tmp)
         from schemas.scan import ScanOptions
         from worker.engine.scan import ScanInputs, run_scan
@@ -188,8 +234,10 @@ def main() -> None:
 
         in_process()  # the first call pays torch's one-time start-up
         url, server = redis_url()
-        for name, broker in (("embedded (filesystem broker)", None), ("Redis", url)):
-            service = Service(tmp / name.split()[0], broker)
+        postgres = stack.enter_context(postgres_database())
+        for name, broker, database in (("embedded broker, SQLite", None, None), ("Redis, SQLite", url, None),
+                                       ("Redis, PostgreSQL", url, postgres)):
+            service = Service(tmp / name.replace(",", "").replace(" ", "-"), broker, database)
             try:
                 service.warm_up(model, clean)
                 # Interleaved, so that both sides of each pair see the same load on the shared machine.
@@ -207,13 +255,13 @@ def main() -> None:
                              f"{statistics.median(w for w, _ in small) * 1e3:.0f} ms",
                              f"POST to succeeded, median of 5; queued (upload check + 2 queue hops) "
                              f"{statistics.median(s['timings']['queued'] for _, s in small) * 1e3:.0f} ms"))
+                latencies, elapsed = asyncio.run(status_reads(service.url, pairs[-1][2]["id"], args.clients,
+                                                              args.reads))
+                q = statistics.quantiles(latencies, n=100)
+                rate = f"{len(latencies) / elapsed:,.0f} req/s"
+                rows.append((f"GET /v1/scans/{{id}}, {args.clients} clients, {name}", rate,
+                             f"p50 {q[49] * 1e3:.1f} ms, p99 {q[98] * 1e3:.1f} ms ({len(latencies)} reads)"))
                 if broker is None:
-                    latencies, elapsed = asyncio.run(status_reads(service.url, pairs[-1][2]["id"], args.clients,
-                                                                  args.reads))
-                    q = statistics.quantiles(latencies, n=100)
-                    rate = f"{len(latencies) / elapsed:,.0f} req/s"
-                    rows.append((f"GET /v1/scans/{{id}}, {args.clients} clients", rate,
-                                 f"p50 {q[49] * 1e3:.1f} ms, p99 {q[98] * 1e3:.1f} ms ({len(latencies)} reads)"))
                     seconds, peak, before = upload(service, args.upload_mb, tmp)
                     rows.append((f"POST /v1/scans, {args.upload_mb} MB body", f"{args.upload_mb / seconds:,.0f} MB/s",
                                  f"gateway peak RSS {peak:.0f} MB while taking it ({before:.0f} MB before)"))
@@ -221,11 +269,17 @@ def main() -> None:
                 service.stop()
         if server is not None:
             server.terminate()
+        if args.only != "figures":
+            rows += soak(tmp, args.soak_scans)
+    _print(rows, args)
+
+
+def _print(rows: list[tuple[str, str, str]], args: argparse.Namespace) -> None:
     print(f"bench.service: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; scans: median of "
           f"{args.repeats}, after a warm-up scan, each service scan paired with an in-process one")
-    print(f"{'what':<58} {'figure':>10}  note")
+    print(f"{'what':<72} {'figure':>10}  note")
     for what, figure, note in rows:
-        print(f"{what:<58} {figure:>10}  {note}")
+        print(f"{what:<72} {figure:>10}  {note}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """``bdscreen keys``: API keys of the gateway (stored hashed in the scan records) and the webhook secret."""
 
 import argparse
-import sqlite3
 import sys
 
 
@@ -19,18 +18,20 @@ def add_keys_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_keys(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import IntegrityError
+
     from cli.serve import apply_settings
-    from worker.core.store import open_store
+    from worker.core.store import store_for
     from worker.core.store.keys import hash_api_key, new_api_key
     from worker.core.webhooks import webhook_secret
 
     settings = apply_settings(args)
-    records = open_store(settings.storage).records
+    records = store_for(settings).records
     if args.action == "create":
         key = new_api_key()
         try:
             records.add_key(args.name, hash_api_key(key))
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             print(f"bdscreen: bad-option: a key named {args.name!r} exists; revoke it first.", file=sys.stderr)
             return 2
         print(key)

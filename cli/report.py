@@ -45,22 +45,28 @@ def describe_report(report: ScanReport, out: Path | None) -> str:
         lines += ["", f"repair: pruning {r.layer} ({r.criterion} order); decision data {r.split.decision_samples}, "
                       f"evaluation {r.split.evaluation_samples} ({r.split.evaluation_source})",
                   f"  baseline: clean accuracy {_pct(r.baseline.clean_accuracy)}, "
-                  f"attack success {_pct(r.baseline.attack_success_rate)}",
-                  f"  {'drop':>6} {'pruned':>7} {'clean acc':>10} {'attack':>8}   artifact"]
+                  f"attack success {_pct(r.baseline.attack_success_rate)}, "
+                  f"estimated (reversed trigger) {_pct(r.baseline.estimated_attack_success_rate)}",
+                  f"  {'repair':<16} {'pruned':>7} {'clean acc':>10} {'attack':>8} {'estimate':>9}   artifact"]
         for m in r.models:
-            if not m.reached:
-                lines.append(f"  {m.threshold:>5g}% {'not reached: no pruning step dropped accuracy that far':>40}")
+            if m.warning and m.shares_repair_with is None:
+                lines.append(f"  {m.name:<16} not offered: {m.warning}")
                 continue
-            lines.append(f"  {m.threshold:>5g}% {m.channels_pruned:>7} {_pct(m.clean_accuracy):>10} "
-                         f"{_pct(m.attack_success_rate):>8}   {m.artifact}{' (fine-tuned)' if m.fine_tuned else ''}")
+            mark = "  <- recommended" if m.recommended else ""
+            lines.append(f"  {m.name:<16} {m.channels_pruned if m.channels_pruned is not None else '-':>7} "
+                         f"{_pct(m.clean_accuracy):>10} {_pct(m.attack_success_rate):>8} "
+                         f"{_pct(m.estimated_attack_success_rate):>9}   {m.artifact} ({m.method}){mark}")
+        if r.nothing_worked:
+            lines.append("  NOTHING WORKED: use neither a repaired model nor a GoodNet from this scan.")
+        if r.recommendation:
+            lines.append(f"  {r.recommendation}")
     if report.goodnets:
-        lines += ["", f"  {'goodnet':>7} {'clean acc':>10} {'false alarm':>12} {'detection':>10} {'attack':>8}"]
+        lines += ["", f"  {'goodnet':<16} {'clean acc':>10} {'false alarm':>12} {'detection':>10} {'estimate':>9}"]
         for g in report.goodnets:
             mark = "  <- recommended" if g.recommended else ""
-            lines.append(f"  {g.threshold:>6g}% {_pct(g.clean_accuracy):>10} {_pct(g.false_alarm_rate):>12} "
-                         f"{_pct(g.detection_rate):>10} {_pct(g.attack_success_rate):>8}   {g.artifact}{mark}")
-        if report.repair and report.repair.recommendation:
-            lines.append(f"  recommended {report.repair.recommendation}")
+            lines.append(f"  {g.name:<16} {_pct(g.clean_accuracy):>10} {_pct(g.false_alarm_rate):>12} "
+                         f"{_pct(g.detection_rate):>10} {_pct(g.estimated_detection_rate):>9}   {g.artifact} "
+                         f"(rule {g.rule}){mark}")
     if out is not None:
         lines += ["", f"artifacts in {out}: " + ", ".join(a.name for a in report.artifacts)]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.report import describe_report, exit_code
-from schemas.scan import PruneCriterion, ScanOptions
+from schemas.scan import GoodNetRule, PruneCriterion, RepairMethod, ScanOptions
 
 
 def _floats(value: str) -> list[float]:
@@ -46,9 +46,19 @@ def add_scan_parser(commands: argparse._SubParsersAction, existing_file) -> None
                                         "to the output)")
     repair.add_argument("--criterion", choices=[c.value for c in PruneCriterion], help="(default mean)")
     repair.add_argument("--thresholds", type=_floats, help="clean-accuracy drops in percentage points (default 2,4,10)")
-    repair.add_argument("--fine-tune", action="store_const", const=True, help="fine-tune after pruning")
-    repair.add_argument("--fine-tune-epochs", type=int)
-    repair.add_argument("--fine-tune-lr", type=float, help="peak learning rate (cosine to 0)")
+    repair.add_argument("--repair-method", choices=[m.value for m in RepairMethod],
+                        help="auto (default): unlearn the reversed trigger, with and without pruning, and recommend "
+                             "the best on clean data; unlearn; adversarial (label-agnostic); prune (the seed's)")
+    repair.add_argument("--fine-tune", action="store_const", const=True,
+                        help="also fine-tune every pruned model (fine-pruning)")
+    repair.add_argument("--fine-tune-epochs", type=int, help="(default 10)")
+    repair.add_argument("--fine-tune-lr", type=float,
+                        help="peak learning rate (cosine to 0); default: found for the model by short trials")
+    repair.add_argument("--max-accuracy-drop", type=float,
+                        help="points of clean accuracy a recommended repair may lose (default 1)")
+    repair.add_argument("--goodnet-rule", choices=[r.value for r in GoodNetRule],
+                        help="targets (default): flag disagreements where the original answers a suspected target; "
+                             "disagree: flag every disagreement (the seed's rule)")
     repair.add_argument("--holdout", type=float, help="held-out fraction of --clean-data (default 0.3)")
     repair.add_argument("--no-goodnet", action="store_const", const=True, help="do not build GoodNets")
     repair.add_argument("--seed", type=int)
@@ -77,6 +87,9 @@ FLAG_OPTIONS: dict[str, tuple[tuple[str, ...], Callable[[Any], Any]]] = {
     "layer": (("repair", "layer"), lambda v: v),
     "criterion": (("repair", "criterion"), lambda v: v),
     "thresholds": (("repair", "thresholds"), lambda v: v),
+    "repair_method": (("repair", "method"), lambda v: v),
+    "max_accuracy_drop": (("repair", "max_accuracy_drop"), lambda v: v),
+    "goodnet_rule": (("repair", "goodnet_rule"), lambda v: v),
     "fine_tune": (("repair", "fine_tune"), lambda v: v),
     "fine_tune_epochs": (("repair", "fine_tune_epochs"), lambda v: v),
     "fine_tune_lr": (("repair", "fine_tune_learning_rate"), lambda v: v),
@@ -112,7 +125,23 @@ def options_from_args(args: argparse.Namespace) -> ScanOptions:
         raise OptionError(f"{where}: {first['msg']}") from None
 
 
+def check_requested_work(args: argparse.Namespace) -> None:
+    """Refuse repair flags, --eval-data and --poisoned-data without --clean-data (exit 2), rather than drop them."""
+    from worker.core.errors import OptionError
+
+    if args.clean_data is not None:
+        return
+    given = [f"--{flag.replace('_', '-')}" for flag, (path, _) in FLAG_OPTIONS.items()
+             if path[0] == "repair" and flag != "no_repair" and getattr(args, flag, None) is not None]
+    given += [flag for flag, value in (("--eval-data", args.eval_data), ("--poisoned-data", args.poisoned_data))
+              if value is not None]
+    if given:
+        raise OptionError(f"{', '.join(given)} given without --clean-data: repair needs clean labelled samples. "
+                          "Add --clean-data FILE, or leave these out for detection only.")
+
+
 def run_scan_command(args: argparse.Namespace) -> int:
+    check_requested_work(args)
     options = options_from_args(args)
     if args.server:
         from cli.client import run_remote_scan
@@ -130,9 +159,9 @@ def run_scan_command(args: argparse.Namespace) -> int:
     progress = None if args.json else _print_progress
     if args.out is None:
         with tempfile.TemporaryDirectory(prefix="bdscreen-") as tmp:
-            report = run_scan(inputs, options, Path(tmp), progress)
+            report = run_scan(inputs, options, Path(tmp), progress, strict_detectors=args.detectors is not None)
     else:
-        report = run_scan(inputs, options, args.out, progress)
+        report = run_scan(inputs, options, args.out, progress, strict_detectors=args.detectors is not None)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:

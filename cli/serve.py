@@ -1,11 +1,12 @@
 """``bdscreen serve`` (the gateway and its workers on one machine) and ``bdscreen worker`` (scale out).
 
 ``serve`` needs no Redis and no Docker: without ``--broker`` the queue is kombu's filesystem transport under
-the storage path. It starts one worker process for each queue (``gpu``: scans, one pool process per GPU or
-one on a CPU machine; ``cpu``: upload checks and webhooks), then runs the gateway with uvicorn in this
-process, and stops the workers when the gateway stops. With ``--broker redis://...`` on several machines
-sharing the storage path, run ``bdscreen serve --no-worker`` (or uvicorn) once and ``bdscreen worker``
-wherever there is a GPU.
+the storage path (worker.core.embedded_broker). It starts one worker process for each queue (``gpu``: scans, one
+pool process per GPU or one on a CPU machine; ``cpu``: upload checks and webhooks), restarts a worker that
+dies (cli.supervise), runs the gateway with uvicorn in this process, and stops the workers when it stops.
+With ``--broker redis://...`` or ``amqp://...`` on several machines sharing the storage path (and
+``BDSCREEN_DATABASE_URL`` on PostgreSQL), run ``bdscreen serve --no-worker`` (or uvicorn) once and
+``bdscreen worker`` wherever there is a GPU.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import sys
 
+from cli.supervise import SupervisedWorker, Supervisor
 from worker.core.settings import Settings, get_settings, load_settings, use_settings
 
 QUEUES = ("gpu", "cpu")
@@ -40,7 +42,8 @@ def add_service_parsers(commands: argparse._SubParsersAction) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="storage path shared by gateway and workers (BDSCREEN_STORAGE)")
-    parser.add_argument("--broker", help="redis://HOST:PORT/DB; default: the embedded broker (BDSCREEN_BROKER)")
+    parser.add_argument("--broker", help="redis://HOST:PORT/DB or amqp://USER:PASS@HOST:PORT/VHOST; default: the "
+                                         "embedded broker (BDSCREEN_BROKER)")
 
 
 def apply_settings(args: argparse.Namespace) -> Settings:
@@ -72,29 +75,25 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = apply_settings(args)
-    children = []
+    workers = []
     if not args.no_worker:
         for queue in QUEUES:
             command = [sys.executable, "-m", "cli.main", "worker", "--queues", queue]
             # Own sessions: a Ctrl-C or a signal to serve's group reaches only serve, which then stops each
             # worker's main process, which stops its pool (signalling pool processes directly can hang it).
-            children.append(subprocess.Popen(command, env=child_env(settings), preexec_fn=_die_with_parent,
-                                             start_new_session=True))
+            workers.append(SupervisedWorker(queue, lambda command=command: subprocess.Popen(
+                command, env=child_env(settings), preexec_fn=_die_with_parent, start_new_session=True)))
+    supervisor = Supervisor(workers)
+    supervisor.start()
     broker = "embedded filesystem broker" if settings.embedded_broker else settings.broker
     print(f"bdscreen: gateway on http://{settings.host}:{settings.port} (auth {settings.auth.value}), "
-          f"storage {settings.storage}, {broker}, {len(children)} worker process(es)", file=sys.stderr)
+          f"storage {settings.storage}, {broker}, {len(workers)} supervised worker process(es)", file=sys.stderr)
     # uvicorn re-raises the SIGTERM it shut down on; as an exception it lets the workers be stopped below.
     signal.signal(signal.SIGTERM, _raise_system_exit)
     try:
         uvicorn.run("service.main:app", host=settings.host, port=settings.port, log_level="warning")
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        supervisor.stop()
     return 0
 
 
@@ -130,9 +129,9 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     apply_settings(args)
     from worker.core.celery_app import app
-    from worker.core.store import open_store
+    from worker.core.store import store_for
 
-    open_store(get_settings().storage)  # the storage folders, the embedded broker's among them
+    store_for(get_settings())  # the storage folders, the embedded broker's among them
 
     app.worker_main(worker_argv(queues, args.concurrency))
     return 0

@@ -7,8 +7,9 @@ WORKDIR /app
 
 # Only what the gateway imports (tests/docker checks this list against a real import of service.main);
 # the package itself goes in with --no-deps so that torch, a dependency of the workers, stays out.
-RUN pip install "fastapi>=0.110" "uvicorn>=0.29" "python-multipart>=0.0.9" "pydantic>=2.6" "pydantic-settings>=2.2" "celery[redis]>=5.4" \
-        "redis>=5" "httpx>=0.27" "numpy>=1.26" "h5py>=3.10"
+RUN pip install "fastapi>=0.110" "uvicorn>=0.29" "python-multipart>=0.0.9" "pydantic>=2.6" "pydantic-settings>=2.2" \
+        "celery[redis]>=5.4" "redis>=5" "httpx>=0.27" "numpy>=1.26" "h5py>=3.10" "sqlalchemy>=2.0" \
+        "psycopg[binary]>=3.1" "fastapi-offline>=1.7" "jinja2>=3.1"
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY service ./service

@@ -63,6 +63,8 @@ class UploadCheck(BaseModel):
     category: ErrorCategory | None = None
     message: str | None = None
     attempts: int = 0
+    not_applicable: dict[str, str] = Field(default_factory=dict,
+                                           description="Requested detectors that cannot judge the model, and why.")
 
     @property
     def finished(self) -> bool:
@@ -93,6 +95,8 @@ class ScanPublic(BaseModel):
     verdict: Verdict | None = None
     score: float | None = None
     error: ScanError | None = None
+    options: ScanCreate | None = Field(default=None, description="The options as the scan runs with them: what "
+                                       "was sent, with defaults filled in (repair and goodnet off without clean_data).")
     report: ScanReport | None = None
 
 

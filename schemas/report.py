@@ -57,6 +57,9 @@ class Artifact(BaseModel):
 class Metrics(BaseModel):
     clean_accuracy: float | None = None
     attack_success_rate: float | None = Field(default=None, description="None when no poisoned data was given.")
+    estimated_attack_success_rate: float | None = Field(
+        default=None, description="An ESTIMATE made without poisoned data: the share of held-out clean inputs that "
+                                  "the reversed trigger(s) send to their target. None when no trigger was found.")
 
 
 class CurvePoint(Metrics):
@@ -65,24 +68,59 @@ class CurvePoint(Metrics):
 
 
 class RepairedModel(Metrics):
-    threshold: float = Field(description="Accuracy drop in percentage points that this model answers to.")
-    reached: bool = Field(description="False when no pruning step dropped accuracy that far.")
+    name: str = Field(default="", description="'drop2' (pruned at the 2-point threshold), 'unlearn', "
+                                              "'adversarial', 'drop2+unlearn', ...: names the artifacts too.")
+    method: str = Field(default="prune", description="prune, fine-prune, unlearn (reversed trigger), adversarial "
+                                                     "(label-agnostic), or a pruned model unlearned.")
+    threshold: float | None = Field(default=None, description="Accuracy drop in percentage points that this model "
+                                                              "answers to; None for a repair without pruning.")
+    reached: bool = Field(default=True, description="False when no pruning step dropped accuracy that far.")
     channels_pruned: int | None = None
+    shares_repair_with: str | None = Field(default=None, description="Thresholds that prune the same channels share "
+                                                                     "one repair: the model whose artifacts these are.")
     fine_tuned: bool = False
     fine_tune_epochs: int | None = None
     fine_tune_best_epoch: int | None = Field(default=None, description="The fine-tuned epoch kept (1-based).")
     fine_tune_heldout_accuracy: float | None = Field(
         default=None, description="Accuracy of the kept epoch on the part of the decision data held out of tuning.")
+    learning_rate: float | None = Field(default=None, description="Peak learning rate, found for the model.")
+    kept_epoch: int | None = Field(default=None, description="The fine-tuned epoch handed back.")
+    rejected_epochs: list[int] = Field(default_factory=list,
+                                       description="Epochs below the held-out accuracy floor (the guard).")
+    decision_accuracy: float | None = Field(default=None, description="Clean accuracy on the validation part of the "
+                                                                      "decision data: what the choice saw.")
+    decision_estimated_attack_success_rate: float | None = Field(
+        default=None, description="The reversed-trigger estimate on the validation part of the decision data.")
+    recommended: bool = False
+    warning: str | None = Field(default=None, description="Why this repair failed and is not offered.")
     artifact: str | None = Field(default=None, description="Repaired model in the uploaded format.")
     onnx_artifact: str | None = None
 
 
 class GoodNetResult(Metrics):
-    threshold: float
+    name: str = Field(default="", description="The repaired model this GoodNet wraps.")
+    threshold: float | None = None
+    rule: str = Field(default="disagree", description="'disagree': class N where original and repaired disagree "
+                                                      "(the seed's rule); 'targets': only where they disagree and "
+                                                      "the original predicts a suspected target class.")
+    targets: list[int] = Field(default_factory=list, description="Suspected target classes the 'targets' rule uses.")
     detection_rate: float | None = None
+    estimated_detection_rate: float | None = Field(
+        default=None, description="An ESTIMATE without poisoned data: the share of held-out clean inputs stamped "
+                                  "with a reversed trigger that the GoodNet sends to class N.")
     false_alarm_rate: float | None = None
     recommended: bool = False
     artifact: str | None = Field(default=None, description="ONNX file holding both networks; class N = poisoned.")
+
+
+class TriggerSummary(BaseModel):
+    """A reversed trigger the repair used (pictures of it are among the detector's artifacts)."""
+
+    target: int
+    source: int | None = None
+    mask_l1: float = Field(description="Sum of the mask: how many pixels the trigger covers.")
+    attack_success: float = Field(description="Its success on held-out clean inputs, as found.")
+    found_by: str = Field(description="'detector' (the scan's detectors) or 'repair' (the repair's own search).")
 
 
 class DataSplit(BaseModel):
@@ -100,7 +138,12 @@ class RepairReport(BaseModel):
     baseline: Metrics
     curve: list[CurvePoint]
     models: list[RepairedModel]
-    recommendation: str | None = Field(default=None, description="Why the recommended GoodNet was chosen.")
+    triggers: list[TriggerSummary] = Field(default_factory=list)
+    recommended: str | None = Field(default=None, description="Name of the recommended repair; None: none worked.")
+    recommendation: str | None = Field(default=None, description="Which repair won and why, or why none did.")
+    nothing_worked: bool = Field(default=False, description="True when no repair removed the backdoor within the "
+                                                            "accuracy budget: use neither repair nor GoodNet.")
+    warnings: list[str] = Field(default_factory=list, description="Steps that failed (e.g. fine-tuning rejected).")
 
 
 class ScanReport(BaseModel):

@@ -2,7 +2,7 @@
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DetectorName(StrEnum):
@@ -30,7 +30,30 @@ class PruneCriterion(StrEnum):
     random = "random"
 
 
-class PreprocessingOptions(BaseModel):
+class RepairMethod(StrEnum):
+    """Which repairs to build (see worker.engine.repair.pipeline); ``auto`` builds several and picks on clean data."""
+
+    auto = "auto"
+    prune = "prune"
+    unlearn = "unlearn"
+    adversarial = "adversarial"
+
+
+class GoodNetRule(StrEnum):
+    """When the GoodNet answers class N ("poisoned")."""
+
+    targets = "targets"
+    disagree = "disagree"
+
+
+class StrictOptions(BaseModel):
+    """An unknown key is an error, never silently ignored: a typo such as ``preprocesing`` must not run a scan
+    with default scaling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class PreprocessingOptions(StrictOptions):
     """The model's own input scaling, declared by the user: x -> (x / divide_by - mean) / std."""
 
     divide_by: float = Field(default=1.0, gt=0)
@@ -46,16 +69,25 @@ class PreprocessingOptions(BaseModel):
         return value
 
 
-class RepairOptions(BaseModel):
+class RepairOptions(StrictOptions):
     enabled: bool = True
     layer: str | None = Field(default=None, description="Conv layer to prune; default: see the README.")
     criterion: PruneCriterion = PruneCriterion.mean
     thresholds: list[float] = Field(default_factory=lambda: [2.0, 4.0, 10.0], min_length=1,
                                     description="Clean-accuracy drops, in percentage points.")
-    fine_tune: bool = False
-    fine_tune_epochs: int = Field(default=20, ge=1, le=500)
-    fine_tune_learning_rate: float = Field(default=1e-2, gt=0, le=1,
-                                           description="Peak Adam learning rate, annealed to 0 (cosine).")
+    method: RepairMethod = Field(default=RepairMethod.auto,
+                                 description="auto: unlearn the reversed trigger, adversarial unlearning and pruning "
+                                             "+ unlearning are all tried and the best on clean decision data wins; "
+                                             "prune: the seed's pruning alone (with fine_tune: fine-pruning).")
+    fine_tune: bool = Field(default=False, description="Also fine-tune every pruned model (fine-pruning; with a "
+                                                       "reversed trigger, trigger unlearning too).")
+    fine_tune_epochs: int = Field(default=10, ge=1, le=500)
+    fine_tune_learning_rate: float | None = Field(default=None, gt=0, le=1,
+                                                  description="Peak Adam learning rate, annealed to 0 (cosine); "
+                                                              "default: found for the model by short trials.")
+    max_accuracy_drop: float = Field(default=1.0, ge=0, le=100,
+                                     description="Clean-accuracy budget, in points, a recommended repair may lose.")
+    goodnet_rule: GoodNetRule = GoodNetRule.targets
     holdout_fraction: float = Field(default=0.3, gt=0, lt=1,
                                     description="Part of the clean data kept for the reported figures "
                                                 "when no separate eval data is given.")
@@ -71,7 +103,7 @@ class RepairOptions(BaseModel):
         return sorted(set(value))
 
 
-class ScanOptions(BaseModel):
+class ScanOptions(StrictOptions):
     preprocessing: PreprocessingOptions = Field(default_factory=PreprocessingOptions)
     detectors: list[DetectorName] = Field(default_factory=lambda: list(DetectorName),
                                           description="Detectors to run (default: all; each runs where it applies).")

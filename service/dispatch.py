@@ -12,7 +12,7 @@ from kombu.exceptions import OperationalError
 
 from schemas.api import UploadCheck
 from worker.core.reconcile import reconcile
-from worker.core.settings import Settings
+from worker.core.settings import QUEUE_KINDS, Settings
 from worker.core.store import Store
 
 log = logging.getLogger("bdscreen.gateway")
@@ -54,13 +54,17 @@ class Dispatcher:
             return False, f"{type(exc).__name__}: {exc}"
         return True, "ok"
 
+    def missing_workers(self) -> list[str]:
+        """The queue kinds (gpu, cpu) with no worker whose heartbeat is younger than the lease."""
+        live = self.store.records.live_workers(self.settings.worker_lease_seconds)
+        return [kind for kind in QUEUE_KINDS if not live.get(kind)]
+
     async def wait_for_validation(self, scan_id: str) -> UploadCheck | None:
         """The upload check's outcome from the record, or None when it did not come within the timeout."""
         deadline = time.monotonic() + self.settings.validate_timeout
         while True:
             record = await to_thread.run_sync(self.store.records.get, scan_id)
-            check = None if record is None or record.validation is None else \
-                UploadCheck.model_validate(record.validation)
+            check = None if record is None else record.validation
             done = check is not None and check.finished
             if record is None or done or time.monotonic() >= deadline:
                 return check if done else None

@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from service.api.deps import get_dispatcher
 from service.api.main import api_router
@@ -27,7 +28,10 @@ async def lifespan(app: FastAPI):
         tasks.cancel_scope.cancel()
 
 
-app = FastAPI(title="bdscreen", version=_version(), lifespan=lifespan,
-              description="Screen image classifiers for backdoors, repair them and wrap them into a GoodNet.")
+# Swagger UI and ReDoc from the assets packaged in fastapi-offline (FastAPI's own pages load them from a CDN and
+# are blank without internet); no validator badge, which Swagger UI would fetch from validator.swagger.io.
+app = FastAPIOffline(title="bdscreen", version=_version(), lifespan=lifespan,
+                     swagger_ui_parameters={"validatorUrl": None},
+                     description="Screen image classifiers for backdoors, repair them and wrap them into a GoodNet.")
 add_exception_handlers(app)
 app.include_router(api_router)

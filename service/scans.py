@@ -13,11 +13,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from schemas.api import ScanCreate, ScanError, ScanPublic, ScanState, UploadedFile
-from schemas.report import ScanReport
 from service.errors import BadRequest, IdempotencyKeyReused
+from service.options import api_message, effective_options, parse_options
 from service.uploads import ReceivedUpload
 from worker.core.errors import OptionError
 from worker.core.settings import Settings
@@ -26,22 +24,11 @@ from worker.core.store import ScanRecord, Store
 from worker.core.webhooks import check_callback_url
 
 
-def parse_options(raw: bytearray | None) -> ScanCreate:
-    if raw is None or not raw.strip():
-        return ScanCreate()
-    try:
-        return ScanCreate.model_validate_json(bytes(raw))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "options"
-        raise OptionError(f"invalid option {where}: {first['msg']}") from None
-
-
 def replay(earlier: ScanRecord, upload: ReceivedUpload) -> ScanRecord:
     """The earlier scan of a retried POST; refuses a different request sent with the same Idempotency-Key."""
     upload.discard()
     try:
-        options = parse_options(upload.options).model_dump_json()
+        options = effective_options(parse_options(upload.options), set(upload.files))
     except OptionError:
         options = None
     if not _same_request(earlier, {name: writer.sha256 for name, writer in upload.files.items()}, options):
@@ -50,7 +37,7 @@ def replay(earlier: ScanRecord, upload: ReceivedUpload) -> ScanRecord:
     return earlier
 
 
-def _same_request(record: ScanRecord, files: dict[str, str], options: str | None) -> bool:
+def _same_request(record: ScanRecord, files: dict[str, str], options: ScanCreate | None) -> bool:
     return files == {u["field"]: u["sha256"] for u in record.uploads} and options == record.options
 
 
@@ -60,12 +47,13 @@ def admit(store: Store, upload: ReceivedUpload, owner: str, idempotency_key: str
     try:
         if "model" not in upload.files:
             raise BadRequest("the 'model' file is missing: send it as a multipart file field named 'model'.")
-        options = parse_options(upload.options)
-        if options.callback_url is not None:
-            check_callback_url(str(options.callback_url), settings)
+        requested = parse_options(upload.options)
         model = upload.files["model"]
         model.file.flush()
-        sniff_model_file(model.path)
+        sniff_model_file(model.path)  # first: a refused model is the answer, whatever the options ask
+        options = effective_options(requested, set(upload.files))
+        if options.callback_url is not None:
+            check_callback_url(str(options.callback_url), settings)
     except BaseException:
         upload.discard()
         raise
@@ -73,7 +61,7 @@ def admit(store: Store, upload: ReceivedUpload, owner: str, idempotency_key: str
         uploads: list[dict[str, Any]] = [{"field": name, "filename": upload.filenames.get(name), "bytes": writer.size,
                     "sha256": store.blobs.commit(writer)} for name, writer in upload.files.items()]
         record = ScanRecord(id=uuid.uuid4().hex, owner=owner, state=ScanState.queued,
-                            options=options.model_dump_json(), uploads=uploads, created_at=time.time(),
+                            options=options, uploads=uploads, created_at=time.time(),
                             idempotency_key=idempotency_key)
         stored = store.records.insert(record)
     store.records.add("upload_bytes", upload.bytes)
@@ -90,7 +78,7 @@ def _time(value: float | None) -> datetime | None:
 
 
 def public_scan(record: ScanRecord, with_report: bool = True) -> ScanPublic:
-    report = None if record.report is None else ScanReport.model_validate_json(record.report)
+    report = record.report
     now = time.time()
     timings = {"queued": round((record.started_at or record.ended_at or now) - record.created_at, 3)}
     if record.started_at is not None:
@@ -102,4 +90,5 @@ def public_scan(record: ScanRecord, with_report: bool = True) -> ScanPublic:
         created_at=_time(record.created_at), started_at=_time(record.started_at), ended_at=_time(record.ended_at),
         timings=timings, attempts=record.attempt, uploads=[UploadedFile(**u) for u in record.uploads],
         verdict=report.verdict if report else None, score=report.score if report else None,
-        error=ScanError(**record.error) if record.error else None, report=report if with_report else None)
+        error=ScanError(category=record.error["category"], message=api_message(record.error["message"], record.uploads))
+        if record.error else None, options=record.options, report=report if with_report else None)

@@ -11,15 +11,12 @@ import shutil
 import threading
 from pathlib import Path
 
-from schemas.api import ScanCreate, ScanError, ScanState, UploadCheck
+from schemas.api import ScanError, ScanState, UploadCheck
 from schemas.problems import ErrorCategory, FailureCategory, ScanFailure
 from worker.core.errors import InputError
 from worker.core.settings import Settings
 from worker.core.store import Store
 from worker.core.store.records import Claim, ScanRecord
-
-#: Rows read from each data file by the upload check; enough to prove it fits the model.
-CHECK_SAMPLES = 8
 
 
 class ScanCanceled(Exception):
@@ -35,29 +32,20 @@ def scan_inputs(store: Store, record: ScanRecord):
 
     paths = {name: store.input_path(record, name) for name in ("architecture", "clean_data", "eval_data",
                                                                "poisoned_data")}
-    return ScanInputs(model=store.input_path(record, "model"), **paths)
+    model_name = (record.upload("model") or {}).get("filename")
+    return ScanInputs(model=store.input_path(record, "model"), model_name=model_name, **paths)
 
 
-def check_inputs(store: Store, record: ScanRecord) -> None:
-    """Read the model and a few rows of each data file against its signature; raises InputError."""
-    from worker.core.errors import OptionError
-    from worker.engine.data import read_dataset
+def check_inputs(store: Store, record: ScanRecord) -> dict[str, str]:
+    """Read the model and run the preflight checks (:mod:`worker.engine.preflight`); raises InputError.
+
+    Returns the requested detectors that cannot judge the model, with the reason."""
     from worker.engine.formats import read_model
-    from worker.engine.scan import preprocessing_of
+    from worker.engine.preflight import preflight
 
     inputs = scan_inputs(store, record)
-    options = ScanCreate.model_validate_json(record.options)
     model = read_model(inputs.model, inputs.architecture)
-    for name in ("clean_data", "eval_data", "poisoned_data"):
-        path = getattr(inputs, name)
-        if path is not None:
-            read_dataset(path, model.signature, max_samples=CHECK_SAMPLES)
-    preprocessing_of(options)
-    layer = options.repair.layer
-    if layer is not None and layer not in {info.name for info in model.signature.layers}:
-        raise OptionError(f"The model has no layer named {layer!r}; 'bdscreen inspect MODEL' lists its layers.")
-    if (inputs.eval_data or inputs.poisoned_data) and inputs.clean_data is None:
-        raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data.")
+    return preflight(model, inputs, record.options).not_applicable
 
 
 def _upload_check(record: ScanRecord | None) -> UploadCheck | None:
@@ -83,7 +71,7 @@ def validate_scan(store: Store, scan_id: str, max_attempts: int = 3) -> None:
         return
     store.records.set_validation(scan_id, UploadCheck(attempts=attempts))
     try:
-        check_inputs(store, record)
+        not_applicable = check_inputs(store, record)
     except InputError as exc:
         store.records.set_validation(scan_id, UploadCheck(ok=False, category=exc.category, message=exc.message,
                                                            attempts=attempts))
@@ -93,7 +81,7 @@ def validate_scan(store: Store, scan_id: str, max_attempts: int = 3) -> None:
             "Checking the upload needed more memory than this worker may use (its address-space limit, "
             "BDSCREEN_WORKER_ADDRESS_SPACE_MB); send smaller files."), attempts=attempts))
         return
-    store.records.set_validation(scan_id, UploadCheck(ok=True, attempts=attempts))
+    store.records.set_validation(scan_id, UploadCheck(ok=True, attempts=attempts, not_applicable=not_applicable))
 
 
 class Heartbeat:
@@ -152,7 +140,7 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
 
     from worker.engine.scan import run_scan
 
-    options = ScanCreate.model_validate_json(record.options)
+    options = record.options
     try:
         report = run_scan(scan_inputs(store, record), options, work, progress, device=device)
     except ScanCanceled:
@@ -171,7 +159,7 @@ def _run_and_commit(store: Store, record: ScanRecord, attempt: int, work: Path, 
                      "with the model's 'bdscreen inspect' output.")
     with store.blobs.lock():
         digests = [store.blobs.put_file(work / artifact.name)[0] for artifact in report.artifacts]
-        ended = store.records.finish(record.id, attempt, ScanState.succeeded, report=report.model_dump_json(),
+        ended = store.records.finish(record.id, attempt, ScanState.succeeded, report=report,
                                      artifacts=digests, timings=report.timings)
     if not ended:  # canceled between the last progress report and now
         store.release(digests)

@@ -11,7 +11,7 @@ from celery.signals import worker_init, worker_process_init
 from worker.core.celery_app import app
 from worker.core.limits import limit_address_space
 from worker.core.settings import get_settings
-from worker.core.store import Store, open_store
+from worker.core.store import Store, store_for
 from worker.core.webhooks import WebhookError, callback_url, deliver, webhook_secret
 from worker.jobs import ScanBusy, execute_scan, validate_scan
 
@@ -19,7 +19,7 @@ _settings = get_settings()
 
 
 def _store() -> Store:
-    return open_store(get_settings().storage)
+    return store_for(get_settings())
 
 
 @worker_init.connect

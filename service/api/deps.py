@@ -15,7 +15,7 @@ from fastapi import Depends, Header, Path
 from service.dispatch import Dispatcher
 from service.errors import NotFound, Unauthorized
 from worker.core.settings import AuthMode, Settings, get_settings
-from worker.core.store import ScanRecord, Store, open_store
+from worker.core.store import ScanRecord, Store, store_for
 from worker.core.store.keys import hash_api_key
 
 OPEN_MODE_OWNER = "local"
@@ -28,7 +28,7 @@ SettingsDep = Annotated[Settings, Depends(settings)]
 
 
 async def get_store(settings: SettingsDep) -> Store:
-    return open_store(settings.storage)
+    return store_for(settings)
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
@@ -37,7 +37,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 @lru_cache
 def get_dispatcher() -> Dispatcher:
     settings = get_settings()
-    return Dispatcher(settings, open_store(settings.storage))
+    return Dispatcher(settings, store_for(settings))
 
 
 async def dispatcher() -> Dispatcher:

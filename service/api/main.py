@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from service.api.routes import artifacts, banks, health, metrics, scans
+from service.api.routes import artifacts, banks, health, metrics, report, scans
 
 api_router = APIRouter()
 api_router.include_router(scans.router)
 api_router.include_router(artifacts.router)
+api_router.include_router(report.router)
 api_router.include_router(banks.router)
 api_router.include_router(health.router)
 api_router.include_router(metrics.router)

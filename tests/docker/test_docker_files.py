@@ -105,7 +105,10 @@ def test_compose_has_persistent_redis_gateway_scalable_gpu_workers_and_one_share
         assert services[name]["volumes"] == [f"scans:{env['BDSCREEN_STORAGE']}"]
         assert env["BDSCREEN_BROKER"] == "redis://redis:6379/0" and env["BDSCREEN_AUTH"] == "keys"
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert {"scans", "redis-data"} <= set(compose["volumes"])
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert re.fullmatch(r"postgresql://\w+:\w+@postgres:5432/\w+", env["BDSCREEN_DATABASE_URL"])
+    assert services["postgres"]["volumes"][0].startswith("pg-data:")
+    assert {"scans", "redis-data", "pg-data"} <= set(compose["volumes"])
     for service in services.values():
         if "build" in service:
             assert (ROOT / service["build"]["dockerfile"]).is_file()

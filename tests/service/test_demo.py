@@ -1,11 +1,14 @@
 """The README's first command scans through the service: ``bdscreen serve`` started on embedded defaults, the
 CI client against it, the service stopped again with its workers."""
 
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from schemas.report import ScanReport
 from worker.demo.run import scan_through_service
@@ -51,3 +54,23 @@ def processes_with_storage(storage: Path) -> list[str]:
         except OSError:  # gone, or not ours to read
             pass
     return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_demo_stops_its_service_on_sigterm_and_sigint(fixtures, tmp_path, signum):
+    out = tmp_path / "demo"
+    script = ("import sys; from pathlib import Path; from worker.demo.run import scan_through_service; "
+              f"sys.exit(scan_through_service([{str(fixtures / 'mnist/csaw_c_clean_label_bd_net.h5')!r}, "
+              f"'--detectors', 'none'], Path({str(out)!r}), keep_serving=True))")
+    demo = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in demo.stderr:  # the scan runs, then the demo says it keeps serving
+        lines.append(line)
+        if line.startswith("serving at"):
+            break
+    assert processes_with_storage(out / "service"), "".join(lines)
+    demo.send_signal(signum)
+    demo.wait(timeout=90)
+    assert not processes_with_storage(out / "service")  # serve and every worker it started are gone
+    curl = next(line for line in lines if line.startswith("curl "))
+    assert "model=@" + str(fixtures) in curl and "'options={\"detectors\": []}'" in curl

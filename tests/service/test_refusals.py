@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import post_scan
+from conftest import FACE_OPTIONS, post_scan
 
 PROBLEM = "application/problem+json"
 
@@ -28,7 +28,9 @@ def test_bad_upload_is_a_problem_with_a_stable_type_and_leaves_nothing(deploymen
     with deployment.client(deployment.keys["bob"]) as client:
         count = client.get("/v1/scans").json()["count"]
         files = {} if data is None else {"clean_data": faces[data]}
-        response = post_scan(client, faces[model], **files)
+        # Without clean data, only detection: repair options would themselves be refused (bad-option).
+        options = '{"preprocessing": {"divide_by": 255}, "detectors": []}' if data is None else FACE_OPTIONS
+        response = post_scan(client, faces[model], options, **files)
         assert client.get("/v1/scans").json()["count"] == count
     problem = response.json()
     assert response.status_code == status and response.headers["content-type"] == PROBLEM

@@ -113,7 +113,7 @@ def test_the_same_idempotency_key_with_other_options_is_refused(deployment, face
                             data={"options": '{"detectors": []}'})
         count = client.get("/v1/scans").json()["count"]
         other = client.post("/v1/scans", headers=headers, files={"model": faces["mnist_model"].read_bytes()},
-                            data={"options": '{"detectors": [], "goodnet": false}'})
+                            data={"options": '{"detectors": [], "preprocessing": {"divide_by": 255}}'})
         after = client.get("/v1/scans").json()["count"]
     assert first.status_code == 202
     assert other.status_code == 422 and other.headers["content-type"] == "application/problem+json"
@@ -124,7 +124,9 @@ def test_the_same_idempotency_key_with_other_options_is_refused(deployment, face
 def test_delete_cancels_a_running_scan_and_deletes_its_files(deployment, faces, tmp_path):
     data = np.load(faces["clean"])
     unique = tmp_path / "clean_unique.npz"  # content no other scan shares, so its blob must go
-    np.savez(unique, x=np.clip(data["x"].astype(np.int16) + 1, 0, 255).astype(np.uint8), y=data["y"])
+    # 80 samples: enough for the held-out part and fine-tuning's validation part (10 each; 40 would be refused).
+    x = np.clip(data["x"].astype(np.int16) + 1, 0, 255).astype(np.uint8)
+    np.savez(unique, x=np.concatenate([x, x]), y=np.concatenate([data["y"], data["y"]]))
     digest = hashlib.sha256(unique.read_bytes()).hexdigest()
     with deployment.client(deployment.keys["alice"]) as client:
         # 500 fine-tuning epochs keep it running for minutes, so the DELETE surely finds it running.

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas.api import ScanState, UploadCheck
+from schemas.api import ScanCreate, ScanState, UploadCheck
 from worker.core.limits import limit_address_space
 from worker.core.settings import Settings
 from worker.core.store import ScanRecord, open_store
@@ -31,7 +31,8 @@ CHILD = "import sys; from pathlib import Path; from worker.core.store import ope
 
 
 def add_scan(store, tmp_path: Path, fixtures: Path) -> ScanRecord:
-    np.savez(tmp_path / "clean.npz", x=np.zeros((8, 28, 28), np.uint8), y=np.zeros(8, np.int64))
+    # 40 samples: enough for the repair's split, which the upload check now checks.
+    np.savez(tmp_path / "clean.npz", x=np.zeros((40, 28, 28), np.uint8), y=np.zeros(40, np.int64))
     uploads = []
     with store.blobs.lock():
         for name, path in {"model": fixtures / "mnist/csaw_c_clean_label_bd_net.h5",
@@ -41,7 +42,8 @@ def add_scan(store, tmp_path: Path, fixtures: Path) -> ScanRecord:
             uploads.append({"field": name, "filename": path.name, "bytes": writer.size,
                             "sha256": store.blobs.commit(writer)})
         return store.records.insert(ScanRecord(id=f"scan{time.monotonic_ns()}", owner="t", state=ScanState.queued,
-                                               options='{"detectors": []}', uploads=uploads, created_at=time.time()))
+                                               options=ScanCreate(detectors=[]), uploads=uploads,
+                                               created_at=time.time()))
 
 
 def kill_a_check_mid_way(store, storage: Path, scan_id: str, attempts: int, max_attempts: int) -> None:
@@ -49,7 +51,7 @@ def kill_a_check_mid_way(store, storage: Path, scan_id: str, attempts: int, max_
                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         deadline = time.monotonic() + 120
-        while store.records.get(scan_id).validation != UploadCheck(attempts=attempts).model_dump(mode="json"):
+        while store.records.get(scan_id).validation != UploadCheck(attempts=attempts):  # the store hands back models
             assert child.poll() is None and time.monotonic() < deadline, "the check ended instead of blocking"
             time.sleep(0.05)
         time.sleep(0.3)  # let it reach the blocking read

@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
-from schemas.api import ScanState
+from schemas.api import ScanCreate, ScanState
 from worker.core.reconcile import lost_scans
 from worker.core.settings import Settings
 from worker.core.store import ScanRecord, open_store
 from worker.core.store.records import Claim
+from worker.core.store.schema import scans
 from worker.jobs import ScanBusy, execute_scan, validate_scan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +38,8 @@ def add_scan(store, model: Path, options: str = '{"detectors": []}', **files: Pa
             writer.write(path.read_bytes())
             uploads.append({"field": name, "filename": path.name, "bytes": writer.size,
                             "sha256": store.blobs.commit(writer)})
-        record = ScanRecord(id=f"scan{time.monotonic_ns()}", owner="t", state=ScanState.queued, options=options,
+        record = ScanRecord(id=f"scan{time.monotonic_ns()}", owner="t", state=ScanState.queued,
+                            options=ScanCreate.model_validate_json(options),
                             uploads=uploads, created_at=time.time())
         return store.records.insert(record)
 
@@ -88,7 +91,7 @@ def test_bad_input_fails_the_scan_with_its_category(store, settings, mnist, tmp_
     np.savez(tmp_path / "faces.npz", x=np.zeros((20, 55, 47, 3), np.uint8), y=np.zeros(20, np.int64))
     record = add_scan(store, mnist, clean_data=tmp_path / "faces.npz")
     validate_scan(store, record.id)
-    assert store.records.get(record.id).validation["category"] == "bad-data"
+    assert store.records.get(record.id).validation.category == "bad-data"
     assert execute_scan(store, settings, record.id) == ScanState.failed
     assert store.records.get(record.id).error["category"] == "bad-data"
 
@@ -98,10 +101,10 @@ def test_reconcile_finds_stale_undispatched_and_lost_scans(store, settings, mnis
     store.records.claim(stale.id, settings.lease_seconds, 5)
     store.records.mark_dispatched(waiting.id)
     old = time.time() - 3600
-    db = store.records._db()
-    db.execute("UPDATE scans SET heartbeat_at = ? WHERE id = ?", (old, stale.id))
-    db.execute("UPDATE scans SET created_at = ?, dispatched_at = CASE WHEN id = ? THEN ? END WHERE id != ?",
-               (old, waiting.id, old, stale.id))
+    with store.records.database.transaction() as db:
+        db.execute(update(scans).where(scans.c.id == stale.id).values(heartbeat_at=old))
+        db.execute(update(scans).where(scans.c.id != stale.id).values(created_at=old))
+        db.execute(update(scans).where(scans.c.id == waiting.id).values(dispatched_at=old))
     assert lost_scans(store, settings, lambda: 1) == [stale.id, undispatched.id]
     assert sorted(lost_scans(store, settings, lambda: 0)) == sorted([stale.id, undispatched.id, waiting.id])
 
@@ -110,7 +113,8 @@ def test_retention_deletes_old_scans_but_not_files_a_newer_scan_shares(store, se
     old, new = add_scan(store, mnist), add_scan(store, mnist)
     for record in (old, new):
         execute_scan(store, settings, record.id)
-    store.records._db().execute("UPDATE scans SET ended_at = ? WHERE id = ?", (time.time() - 8 * 86400, old.id))
+    with store.records.database.transaction() as db:
+        db.execute(update(scans).where(scans.c.id == old.id).values(ended_at=time.time() - 8 * 86400))
     assert store.expire(retention_days=7) == 1
     assert store.records.get(old.id) is None and store.records.get(new.id) is not None
     assert store.blobs.exists(new.uploads[0]["sha256"])

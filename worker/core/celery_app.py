@@ -8,3 +8,5 @@ from celery import Celery
 
 app = Celery("bdscreen", include=["worker.tasks"])
 app.config_from_object("worker.core.celeryconfig")
+
+import worker.core.presence  # noqa: E402,F401 - connects the heartbeat of every worker to Celery's signals

@@ -7,29 +7,36 @@ scans, ``<prefix>.cpu`` for upload checks and webhooks), and the reliability set
 written to the scan record, which clients read through the gateway.
 """
 
-from worker.core.settings import get_settings
+from kombu import Exchange, Queue
+
+from worker.core import embedded_broker as _embedded_broker
+from worker.core.settings import QUEUE_KINDS, get_settings
 
 _settings = get_settings()
 _broker_dir = _settings.storage / "broker"
 
 if _settings.embedded_broker:  # the folders are made by worker.core.store.open_store
     broker_url = "filesystem://"
-    # processed/ on the same filesystem as queue/: taking a message is an atomic rename, so two workers never
-    # take the same one (without store_processed it goes to the system temp folder, which may be another
-    # filesystem: a copy, not a rename). Store.expire empties processed/.
-    broker_transport_options = {
-        "data_folder_in": str(_broker_dir / "queue"), "data_folder_out": str(_broker_dir / "queue"),
-        "processed_folder": str(_broker_dir / "processed"), "store_processed": True,
-        "control_folder": str(_broker_dir / "control"), "polling_interval": _settings.poll_interval,
-    }
+    # kombu's filesystem transport with an atomic put (see worker.core.embedded_broker); processed/ is on the same
+    # filesystem as queue/, so taking a message is an atomic rename and two workers never take the same one.
+    # Store.sweep_leftovers empties processed/.
+    broker_transport = "worker.core.embedded_broker:Transport"
+    broker_transport_options = _embedded_broker.transport_options(_broker_dir, _settings.poll_interval)
     worker_enable_remote_control = False
-else:
+elif _settings.broker.startswith(("redis://", "rediss://")):
     broker_url = _settings.broker
     broker_transport_options = {
         "global_keyprefix": f"{_settings.queue_prefix}:",
         # A message not acked within this is given to another worker: longer than a scan may run.
         "visibility_timeout": int(_settings.scan_time_limit + 300),
     }
+else:  # RabbitMQ (amqp://): unacked messages go back to the queue when the worker's connection closes
+    broker_url = _settings.broker
+    # Ask RabbitMQ (3.12+) to let a consumer hold an unacked scan for longer than a scan may run; the
+    # server-wide default consumer_timeout (30 min) would otherwise close the channel of a long scan.
+    _consumer_timeout_ms = int((_settings.scan_time_limit + 300) * 1000)
+    task_queues = [Queue(_settings.queue(kind), Exchange(_settings.queue(kind)), routing_key=_settings.queue(kind),
+                         queue_arguments={"x-consumer-timeout": _consumer_timeout_ms}) for kind in QUEUE_KINDS]
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 5
 
@@ -39,6 +46,7 @@ task_routes = {
     "bdscreen.notify": {"queue": _settings.queue("cpu")},
 }
 task_default_queue = _settings.queue("cpu")
+
 task_serializer = "json"
 accept_content = ["json"]
 task_ignore_result = True

@@ -58,3 +58,13 @@ class OptionError(InputError):
     """An invalid option."""
 
     category = ErrorCategory.bad_option
+
+
+def refuse_inapplicable(not_applicable: dict[str, str], field: str = "--detectors") -> None:
+    """Raise an OptionError naming each requested detector that cannot judge the model, if there is one.
+
+    For detectors the user named (``field``): asked-for work that cannot run is refused, not dropped."""
+    if not_applicable:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in not_applicable.items())
+        raise OptionError(f"{field} names detectors that cannot judge this model ({reasons}). Leave them out, "
+                          "or leave the detectors unset to get a not-applicable finding instead.")

@@ -15,8 +15,11 @@ Each rule skips scans dispatched within the last lease, so a re-sent scan is not
 import time
 from collections.abc import Callable
 
+from sqlalchemy import or_
+
 from worker.core.settings import Settings
 from worker.core.store import Store
+from worker.core.store.schema import scans
 
 
 def lost_scans(store: Store, settings: Settings, gpu_queue_depth: Callable[[], int]) -> list[str]:
@@ -24,11 +27,12 @@ def lost_scans(store: Store, settings: Settings, gpu_queue_depth: Callable[[], i
     lease = settings.lease_seconds
     fresh = now - lease
     records = store.records
-    found = records.ids("deleted_at IS NULL AND state = 'running' AND heartbeat_at < ? "
-                        "AND (dispatched_at IS NULL OR dispatched_at < ?)", (fresh, fresh))
-    found += records.ids("deleted_at IS NULL AND state = 'queued' AND dispatched_at IS NULL AND created_at < ?",
-                         (now - settings.validate_timeout - lease,))
-    queued = records.ids("deleted_at IS NULL AND state = 'queued' AND dispatched_at < ?", (fresh,))
+    live, running, queued_ = scans.c.deleted_at.is_(None), scans.c.state == "running", scans.c.state == "queued"
+    found = records.ids(live, running, scans.c.heartbeat_at < fresh,
+                        or_(scans.c.dispatched_at.is_(None), scans.c.dispatched_at < fresh))
+    found += records.ids(live, queued_, scans.c.dispatched_at.is_(None),
+                         scans.c.created_at < now - settings.validate_timeout - lease)
+    queued = records.ids(live, queued_, scans.c.dispatched_at < fresh)
     if queued and gpu_queue_depth() == 0:
         found += queued
     return found

@@ -15,6 +15,10 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "BDSCREEN_"
+#: The queue kinds: ``gpu`` runs scans; ``cpu`` runs upload checks and webhooks. A deployment needs a live
+#: worker on each (see worker.core.presence).
+QUEUE_KINDS = ("gpu", "cpu")
+BROKER_SCHEMES = ("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://", "filesystem://")
 
 
 class AuthMode(StrEnum):
@@ -32,6 +36,8 @@ class Settings(BaseSettings):
                                       "a shared volume when the gateway and the workers run on different machines.")
     broker: str | None = Field(default=None, description="Celery broker URL (redis://...); unset: the embedded "
                                                          "filesystem broker under the storage path.")
+    database_url: str | None = Field(default=None, description="postgresql://USER@HOST:PORT/DB for the scan records; "
+                                                               "unset: SQLite in <storage>/scans.db.")
     queue_prefix: str = Field(default="bdscreen", pattern=r"^[A-Za-z0-9._-]{1,64}$",
                               description="Queues are <prefix>.gpu and <prefix>.cpu; Redis keys start with it.")
     host: str = "127.0.0.1"
@@ -68,9 +74,15 @@ class Settings(BaseSettings):
                              "set BDSCREEN_AUTH=keys and create keys with 'bdscreen keys create NAME', or bind to "
                              "127.0.0.1.")
         self.callback_allow_list()  # refuses a malformed entry at start-up
-        if self.broker is not None and not self.broker.startswith(("redis://", "rediss://", "filesystem://")):
-            raise ValueError(f"broker {self.broker!r} is not supported: use redis://HOST:PORT/DB, or leave "
-                             "BDSCREEN_BROKER unset for the embedded broker.")
+        if self.broker is not None and not self.broker.startswith(BROKER_SCHEMES):
+            raise ValueError(f"broker {self.broker!r} is not supported: use redis://HOST:PORT/DB or "
+                             "amqp://USER:PASSWORD@HOST:PORT/VHOST (RabbitMQ), or leave BDSCREEN_BROKER unset for "
+                             "the embedded broker.")
+        postgres = ("postgresql://", "postgres://", "postgresql+psycopg://")
+        if self.database_url is not None and not self.database_url.startswith(postgres):
+            raise ValueError(f"database_url {self.database_url!r} is not supported: use "
+                             "postgresql://USER@HOST:PORT/DB, or leave BDSCREEN_DATABASE_URL unset for SQLite "
+                             "under the storage path.")
         return self
 
     @property
@@ -80,6 +92,14 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def worker_lease_seconds(self) -> float:
+        """A worker whose heartbeat row is older than this is taken to be gone (``/readyz``, POST).
+
+        At least 10 s: on a loaded machine a heartbeat thread can miss a beat or two, and a queue wrongly
+        reported empty turns uploads away."""
+        return max(4 * self.heartbeat_seconds, 10.0)
 
     @property
     def lease_seconds(self) -> float:

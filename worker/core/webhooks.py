@@ -25,8 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from schemas.api import ScanCreate, ScanError, ScanSummary
-from schemas.report import ScanReport
+from schemas.api import ScanError, ScanSummary
 from worker.core.errors import OptionError
 from worker.core.settings import Settings
 from worker.core.store import ScanRecord
@@ -117,12 +116,12 @@ def sign(secret: bytes, body: bytes) -> str:
 
 
 def callback_url(record: ScanRecord) -> str | None:
-    url = ScanCreate.model_validate_json(record.options).callback_url
+    url = record.options.callback_url
     return None if url is None else str(url)
 
 
 def summary_of(record: ScanRecord) -> ScanSummary:
-    report = None if record.report is None else ScanReport.model_validate_json(record.report)
+    report = record.report
     return ScanSummary(
         id=record.id, state=record.state, verdict=report.verdict if report else None,
         score=report.score if report else None, error=ScanError(**record.error) if record.error else None,

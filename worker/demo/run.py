@@ -7,11 +7,14 @@ The BadNet is trained from the real MNIST fixture (cached under $BDSCREEN_CACHE 
 ``bdscreen serve`` starts the gateway and its workers on a free loopback port (embedded filesystem broker, no
 Redis, no Docker; storage under ``DIR/service``), ``bdscreen scan --server`` uploads the model with its data,
 follows the scan and downloads the report and artifacts into ``DIR``, and the service is stopped again, unless
-``--keep-serving`` leaves it running for curl and the client (Ctrl-C stops it).
+``--keep-serving`` leaves it running for curl and the client. SIGINT (Ctrl-C) and SIGTERM stop the service
+with the demo, and the service gets SIGTERM if the demo dies without a word (Linux).
 """
 
 import argparse
+import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -48,7 +51,7 @@ def start_service(storage: Path, log: Path) -> tuple[subprocess.Popen, str]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as output:
         server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], env=env, stdout=output,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                  stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
@@ -76,10 +79,45 @@ def stop_service(server: subprocess.Popen) -> None:
         server.wait()
 
 
+def _die_with_parent() -> None:
+    from cli.serve import _die_with_parent as die
+
+    die()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM as SystemExit, so the ``finally`` that stops the service runs (Python's default ends at once)."""
+    def handler(signum: int, _frame) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+#: The multipart file fields besides ``model``; ``bdscreen scan`` has a flag for each (``--clean-data``, ...).
+FILE_FIELDS = ("architecture", "clean_data", "eval_data", "poisoned_data")
+
+
+def curl_line(url: str, scan_args: Sequence[str]) -> str:
+    """The POST of ``bdscreen scan SCAN_ARGS`` as one curl command line that runs as printed (paths absolute)."""
+    from cli.main import _parser
+    from cli.scan import options_from_args
+
+    args = _parser().parse_args(["scan", *scan_args, "--server", url])
+    parts = ["curl", "-sS", "-F", f"model=@{Path(args.model).resolve()}"]
+    for field in FILE_FIELDS:
+        path = getattr(args, field)
+        if path is not None:
+            parts += ["-F", f"{field}=@{Path(path).resolve()}"]
+    options = json.loads(options_from_args(args).model_dump_json(exclude_defaults=True))
+    parts += ["-F", f"options={json.dumps(options)}", f"{url}/v1/scans"]
+    return " ".join(shlex.quote(part) for part in parts)
+
+
 def scan_through_service(scan_args: Sequence[str], out: Path, keep_serving: bool = False) -> int:
     """Start the service, run ``bdscreen scan SCAN_ARGS --server URL --download OUT`` against it, stop it.
 
     Returns the client's exit code (0 clean, 1 backdoored, 3 inconclusive, 2 error)."""
+    _stop_on_sigterm()
     log = out / "service.log"
     server, url = start_service(out / "service", log)
     try:
@@ -87,10 +125,10 @@ def scan_through_service(scan_args: Sequence[str], out: Path, keep_serving: bool
         command = ["scan", *scan_args, "--server", url, "--download", str(out)]
         print("bdscreen " + " ".join(command), file=sys.stderr)
         code = cli_main(command)
-        print(f"the same scan with curl: curl -F model=@MODEL -F clean_data=@DATA -F 'options={{...}}' "
-              f"{url}/v1/scans; then GET {url}/v1/scans/ID", file=sys.stderr)
+        print(f"the same scan with curl (then GET {url}/v1/scans/ID, or open {url}/v1/scans/ID/report.html):\n"
+              f"{curl_line(url, scan_args)}", file=sys.stderr)
         if keep_serving:
-            print(f"serving at {url}; Ctrl-C stops it", file=sys.stderr)
+            print(f"serving at {url}; Ctrl-C (or SIGTERM) stops it", file=sys.stderr, flush=True)
             try:
                 server.wait()
             except KeyboardInterrupt:

@@ -44,6 +44,8 @@ class Dataset:
 
     x: np.ndarray
     y: np.ndarray
+    #: Samples in the file; more than ``len(self)`` when only the first ``max_samples`` were read.
+    total: int | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -90,9 +92,10 @@ def _read_hdf5(path: Path, signature: ModelSignature, max_samples: int | None) -
                     check_bytes(f"A compression chunk of '{dataset.name}'", chunk_bytes)
             x = data[:count].astype(np.float32)
             y = labels[:count]
+            total = int(data.shape[0])
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise DataError(f"The HDF5 data file cannot be read ({error}); it is truncated or corrupt.") from error
-    return _finish(convert(x), y, signature.num_classes)
+    return _finish(convert(x), y, signature.num_classes, total)
 
 
 def _stored_dataset(file: h5py.File, key: str) -> h5py.Dataset:
@@ -118,9 +121,10 @@ def _read_npz(path: Path, signature: ModelSignature, max_samples: int | None) ->
             count, convert = _plan(signature, max_samples, x_shape, x_dtype, y_shape, y_dtype)
             x = _npz_rows(archive.zip, x_key, headers[x_key], count).astype(np.float32)
             y = _npz_rows(archive.zip, y_key, headers[y_key], count)
+            total = int(x_shape[0])
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"The NPZ data file cannot be read ({error}); it is truncated or corrupt.") from error
-    return _finish(convert(x), y, signature.num_classes)
+    return _finish(convert(x), y, signature.num_classes, total)
 
 
 def _npz_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -210,7 +214,7 @@ def _same(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _finish(x: np.ndarray, y: np.ndarray, num_classes: int) -> Dataset:
+def _finish(x: np.ndarray, y: np.ndarray, num_classes: int, total: int | None = None) -> Dataset:
     """Validate values read: finite samples, integral labels within the model's classes."""
     if not np.isfinite(x).all():
         raise DataError("The data contains NaN or infinite values.")
@@ -222,4 +226,4 @@ def _finish(x: np.ndarray, y: np.ndarray, num_classes: int) -> Dataset:
         first = outside[0]
         raise DataError(f"Labels must lie in [0, {num_classes}) for a model with {num_classes} classes; sample "
                         f"{first} has label {y[first]:g} ({outside.size} of {len(y)} labels are outside).")
-    return Dataset(x=x, y=y.astype(np.int64))
+    return Dataset(x=x, y=y.astype(np.int64), total=len(y) if total is None else total)

@@ -40,13 +40,21 @@ def preprocessing_of(options: ScanOptions) -> Preprocessing:
 
 
 def run_scan(inputs: ScanInputs, options: ScanOptions, out_dir: Path, progress: ProgressFn | None = None,
-             device: torch.device | None = None) -> ScanReport:
-    """Screen, repair and wrap one model; writes artifacts and ``report.json`` into ``out_dir``."""
+             device: torch.device | None = None, strict_detectors: bool = False) -> ScanReport:
+    """Screen, repair and wrap one model; writes artifacts and ``report.json`` into ``out_dir``.
+
+    With ``strict_detectors`` (the user named the detectors) a named detector that cannot judge the model is
+    an OptionError before any work, rather than a not-applicable finding."""
+    from worker.engine.preflight import preflight, refuse_inapplicable
+
     out_dir.mkdir(parents=True, exist_ok=True)
     device = device or default_device()
     stages = Stages(progress)
     with stages.stage("load", 0.0):
         model = read_model(inputs.model, inputs.architecture).to(device)
+        checked = preflight(model, inputs, options)
+        if strict_detectors:
+            refuse_inapplicable(checked.not_applicable)
     preprocessing = preprocessing_of(options)
     clean = None
     if inputs.clean_data is not None:
@@ -63,7 +71,9 @@ def run_scan(inputs: ScanInputs, options: ScanOptions, out_dir: Path, progress: 
     if inputs.clean_data is not None and options.repair.enabled:
         from worker.engine.repair.pipeline import run_repair
 
-        report.repair, report.goodnets = run_repair(model, inputs, options, preprocessing, out_dir, stages)
+        report.repair, report.goodnets = run_repair(model, inputs, options, preprocessing, out_dir, stages,
+                                                    triggers=context.triggers,
+                                                    detector_ran="reverse" in options.detectors)
     elif inputs.poisoned_data is not None or inputs.eval_data is not None:
         raise OptionError("poisoned or evaluation data were given without clean data; repair needs clean data "
                           "(--clean-data), and poisoned data only serves to report attack success after repair.")

@@ -23,6 +23,8 @@ class ScanInputs:
     clean_data: Path | None = None
     eval_data: Path | None = None
     poisoned_data: Path | None = None
+    #: The model's file name as the user sent it (titles the repair plot); default: the path's name.
+    model_name: str | None = None
 
 
 class Stages:

@@ -5,7 +5,6 @@ import base64
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from schemas.report import ScanReport
 from service.api.deps import ScanDep, StoreDep
 from service.api.routes.scans import PROBLEMS
 from service.errors import NotFound
@@ -16,7 +15,7 @@ router = APIRouter(prefix="/v1/scans/{scan_id}/artifacts", tags=["artifacts"])
 @router.get("/{name}", response_class=FileResponse, responses=PROBLEMS, summary="Download one artifact")
 def download_artifact(name: str, scan: ScanDep, store: StoreDep) -> FileResponse:
     """Streams the file with its Content-Length; ``ETag`` and ``Repr-Digest`` carry its sha256, as in the report."""
-    report = None if scan.report is None else ScanReport.model_validate_json(scan.report)
+    report = scan.report
     artifact = next((a for a in report.artifacts if a.name == name), None) if report else None
     if artifact is None:
         names = ", ".join(a.name for a in report.artifacts) if report else "none until the scan has succeeded"

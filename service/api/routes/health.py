@@ -1,4 +1,4 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (the broker and the storage are reachable)."""
+"""``/healthz`` (the process answers) and ``/readyz`` (broker and storage reachable, a live worker per queue)."""
 
 import tempfile
 
@@ -15,7 +15,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: broker and storage reachable")
+@router.get("/readyz", summary="Readiness: broker and storage reachable, a live worker on each queue")
 def readyz(store: StoreDep, dispatcher: DispatcherDep) -> dict[str, str]:
     broker_ok, broker = dispatcher.broker_reachable()
     try:
@@ -27,4 +27,13 @@ def readyz(store: StoreDep, dispatcher: DispatcherDep) -> dict[str, str]:
         storage = f"{type(exc).__name__}: {exc}"
     if not broker_ok or storage != "ok":
         raise NotReady(f"broker: {broker}; storage: {storage}. Check BDSCREEN_BROKER and BDSCREEN_STORAGE.")
-    return {"status": "ready", "broker": broker, "storage": storage}
+    missing = dispatcher.missing_workers()
+    if missing:
+        raise NotReady(no_worker_message(missing))
+    return {"status": "ready", "broker": broker, "storage": storage, "workers": "ok"}
+
+
+def no_worker_message(missing: list[str]) -> str:
+    return (f"no live worker on the {' and '.join(missing)} queue(s) (no heartbeat within the lease); "
+            "'bdscreen serve' restarts its own workers, else start one with 'bdscreen worker --queues "
+            f"{','.join(missing)}'.")

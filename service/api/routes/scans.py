@@ -9,10 +9,12 @@ from kombu.exceptions import OperationalError
 from schemas.api import UPLOAD_FIELDS, Problem, ScanPublic, ScansPublic
 from schemas.problems import ErrorCategory
 from service.api.deps import CallerDep, DispatcherDep, ScanDep, SettingsDep, StoreDep
+from service.api.routes.health import no_worker_message
 from service.errors import NotReady
+from service.options import api_message, parse_options
 from service.scans import admit, public_scan, replay
 from service.uploads import receive_upload
-from worker.core.errors import InputError
+from worker.core.errors import InputError, refuse_inapplicable
 from worker.core.settings import AuthMode
 from worker.core.webhooks import callback_url
 
@@ -47,6 +49,10 @@ async def create_scan(request: Request, response: Response, caller: CallerDep, s
 
     A retried POST with the same ``Idempotency-Key`` (per API key) and the same files and options returns the
     first scan; the same key with anything else is refused (422)."""
+    # Before the body is read: without a cpu worker the upload cannot be checked, without a gpu worker never run.
+    missing = await to_thread.run_sync(dispatcher.missing_workers)
+    if missing:
+        raise NotReady(no_worker_message(missing) + " Retry in a minute.", headers={"Retry-After": "30"})
     upload = await receive_upload(request, store.blobs, settings.max_upload_bytes)
     if idempotency_key:
         earlier = await to_thread.run_sync(store.records.find_by_key, caller, idempotency_key)
@@ -58,16 +64,24 @@ async def create_scan(request: Request, response: Response, caller: CallerDep, s
     try:
         await to_thread.run_sync(dispatcher.send, "bdscreen.validate", record.id)
         outcome = await dispatcher.wait_for_validation(record.id)
-        if outcome is not None and not outcome.ok:
+        if outcome is None:  # never accept an unchecked upload: it would fail later, or never run
             await to_thread.run_sync(store.delete_scan, record.id, True)
-            refusal = InputError(outcome.message or "the upload check refused the input")
+            raise NotReady(f"the upload check did not finish within BDSCREEN_VALIDATE_TIMEOUT "
+                           f"({settings.validate_timeout:g} s): the cpu workers are busy or gone. Retry in a minute.",
+                           headers={"Retry-After": "30"})
+        if not outcome.ok:
+            await to_thread.run_sync(store.delete_scan, record.id, True)
+            refusal = InputError(api_message(outcome.message or "the upload check refused the input", record.uploads))
             refusal.category = outcome.category or ErrorCategory.bad_option
             raise refusal
+        if outcome.not_applicable and "detectors" in parse_options(upload.options).model_fields_set:
+            await to_thread.run_sync(store.delete_scan, record.id, True)  # named detectors that cannot run
+            refuse_inapplicable(outcome.not_applicable, field="options.detectors")
         await to_thread.run_sync(dispatcher.send_scan, record.id)
     except OperationalError as exc:
         await to_thread.run_sync(store.delete_scan, record.id, True)
         raise NotReady(f"the task queue is unreachable ({exc}); retry in a minute.") from None
-    return _accepted(response, store.records.get(record.id) or record, replayed=False)
+    return _accepted(response, record, replayed=False)  # as accepted: queued (a worker may have it already)
 
 
 def _accepted(response: Response, record, replayed: bool) -> ScanPublic:

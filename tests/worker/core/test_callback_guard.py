@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from schemas.api import ScanState
+from schemas.api import ScanCreate, ScanState
 from worker.core.errors import OptionError
 from worker.core.settings import Settings
 from worker.core.store import ScanRecord
@@ -61,7 +61,7 @@ def test_delivery_checks_the_address_again_and_sends_only_where_allowed(tmp_path
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/hook"
-    record = ScanRecord(id="a" * 32, owner="local", state=ScanState.succeeded, options="{}", uploads=[],
+    record = ScanRecord(id="a" * 32, owner="local", state=ScanState.succeeded, options=ScanCreate(), uploads=[],
                         created_at=time.time(), ended_at=time.time())
     try:
         assert deliver(url, record, b"secret", Settings(storage=tmp_path)) is None

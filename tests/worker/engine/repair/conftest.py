@@ -37,3 +37,16 @@ def deepid_set(deepid) -> EvalSet:
     x = torch.from_numpy(np.random.default_rng(0).uniform(0, 1, (96, 55, 47, 3)).astype(np.float32))
     with torch.no_grad():
         return EvalSet(x, deepid(x).argmax(1))
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """A tiny model with a planted patch backdoor (see repair_planted.py)."""
+    from repair_planted import build_planted
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_planted(tmp_path_factory.mktemp("planted"))
+    finally:
+        torch.set_num_threads(threads)
