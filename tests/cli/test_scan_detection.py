@@ -55,4 +55,4 @@ def test_no_repair_detects_only_and_explains_the_verdict(fixtures, clean_mnist, 
     assert code == 1 and report["verdict"] == "backdoored" and report["score"] >= report["threshold"]
     assert report["explanation"].startswith("Backdoored") and "ulp" in report["explanation"]
     linf = next(f for f in report["findings"] if f["detector"] == "linf")
-    assert not linf["applicable"] and "trigger" in linf["reason"]  # no trigger finder ran: not applicable
+    assert not linf["applicable"] and "trigger" in linf["reason"]  # no trigger detector ran: not applicable

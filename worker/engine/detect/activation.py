@@ -22,11 +22,14 @@ MIN_CLEAN = 20  # the vine's 8 principal components need a few times as many sam
 MAX_CLEAN = 300  # enough for the statistics; more only costs time
 
 
+NO_TRIGGER = "it needs a reversed trigger, and no trigger-finding detector flagged one in this scan."
+
+
 def _missing(context: DetectionContext) -> str | None:
-    if context.clean is None or len(context.clean) < MIN_CLEAN:
+    """What the model or the data lack. (Triggers are checked when detecting: the scan's pre-flight asks before
+    any trigger detector has run, and clean data is the runner's check, through ``needs_clean_data``.)"""
+    if context.clean is not None and len(context.clean) < MIN_CLEAN:
         return f"it needs at least {MIN_CLEAN} clean samples."
-    if not context.triggers:
-        return "it needs a reversed trigger, and no trigger-finding detector found one for this scan."
     try:
         last_dense(context.model)
     except LookupError as error:
@@ -64,6 +67,8 @@ class LinfBiasDetector:
         return _missing(context)
 
     def detect(self, context: DetectionContext) -> Finding:
+        if not context.triggers:
+            return Finding(detector=self.name, applicable=False, reason=NO_TRIGGER)
         shifts = []
         for trigger in context.triggers:
             clean, stamped = _representations(context, trigger)
@@ -88,6 +93,8 @@ class LatentEntropyDetector:
         return _missing(context)
 
     def detect(self, context: DetectionContext) -> Finding:
+        if not context.triggers:
+            return Finding(detector=self.name, applicable=False, reason=NO_TRIGGER)
         results = []
         for trigger in context.triggers:
             clean, stamped = _representations(context, trigger)

@@ -38,8 +38,13 @@ def test_latent_entropy_reports_both_entropies(tmp_path):
     assert finding.suspected_targets == [TARGET] and 0.0 <= finding.score <= 1.0
 
 
-def test_not_applicable_without_a_trigger_or_without_clean_data(tmp_path):
+def test_not_applicable_without_a_trigger_or_with_too_little_clean_data(tmp_path):
     model = planted_model(tmp_path, True)
     for detector in (LinfBiasDetector(), LatentEntropyDetector()):
-        assert "trigger" in detector.applicable(context(model, tmp_path, triggers=False))
-        assert "clean samples" in detector.applicable(context(model, tmp_path, clean=False))
+        assert detector.needs_clean_data
+        assert detector.applicable(context(model, tmp_path, triggers=False)) is None  # pre-flight: no trigger yet
+        finding = detector.detect(context(model, tmp_path, triggers=False))
+        assert not finding.applicable and "trigger" in finding.reason
+        few = context(model, tmp_path)
+        few.clean = clean_set(model, count=5)
+        assert "clean samples" in detector.applicable(few)
