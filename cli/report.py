@@ -21,10 +21,25 @@ def _pct(value: float | None) -> str:
 
 
 def describe_report(report: ScanReport, out: Path | None) -> str:
-    lines = [f"verdict: {report.verdict.value}" + ("" if report.score is None else f" (score {report.score:.3f})")]
+    head = f"verdict: {report.verdict.value}"
+    if report.score is not None:
+        head += f" (probability {report.score:.3f}" + ("" if report.threshold is None else
+                                                      f", threshold {report.threshold:.2f}") + ")"
+    if report.suspected_targets:
+        head += f"; suspected target class {', '.join(map(str, report.suspected_targets))}"
+    lines = [head]
+    if report.explanation:
+        lines.append(f"  why: {report.explanation}")
     for f in report.findings:
-        state = f"score {f.score:.3f} / threshold {f.threshold:.3f}" if f.applicable else "not applicable"
+        if not f.applicable:
+            state = "not applicable"
+        elif f.threshold is None:
+            state = f"score {f.score:.3f}"
+        else:
+            state = f"score {f.score:.3f} / threshold {f.threshold:.3f}"
         lines.append(f"  {f.detector:<8} {state}: {f.reason}")
+    for e in report.errors:
+        lines.append(f"  error in {e.stage}: {e.message}")
     if report.repair is not None:
         r = report.repair
         lines += ["", f"repair: pruning {r.layer} ({r.criterion} order); decision data {r.split.decision_samples}, "

@@ -16,9 +16,9 @@ from schemas.models import ModelSignature
 class Verdict(StrEnum):
     """The answer to "does this model carry a backdoor?"."""
 
-    #: At least one applicable detector scored at or above its calibrated threshold.
+    #: The calibrated combination of the applicable detectors reached its threshold.
     backdoored = "backdoored"
-    #: Every applicable detector scored below its threshold.
+    #: It stayed below its threshold.
     clean = "clean"
     #: No detector was applicable (or none was asked for): no claim either way.
     inconclusive = "inconclusive"
@@ -152,7 +152,12 @@ class ScanReport(BaseModel):
     bdscreen_version: str
     model: ModelSignature
     verdict: Verdict
-    score: float | None = Field(default=None, description="Highest applicable detector score.")
+    score: float | None = Field(default=None, description="Calibrated probability that the model is backdoored, "
+                                                          "from every applicable detector; None when inconclusive.")
+    threshold: float | None = Field(default=None, description="Score at or above which the verdict is backdoored.")
+    suspected_targets: list[int] = Field(default_factory=list,
+                                         description="Classes a backdoor seems to send inputs to (when backdoored).")
+    explanation: str = Field(default="", description="Why the verdict came out as it did, in words.")
     findings: list[Finding] = Field(default_factory=list)
     repair: RepairReport | None = None
     goodnets: list[GoodNetResult] = Field(default_factory=list)

@@ -6,6 +6,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DetectorName(StrEnum):
+    """The detectors a scan can run, in the order it runs them (see the README's Detection section)."""
+
+    #: Trigger reverse-engineering (Neural Cleanse's objective, batched, pre-screened); needs clean data.
+    reverse = "reverse"
+    #: MM-BD's maximum achievable margin per class: data-free.
+    mmbd = "mmbd"
+    #: Integrated Gradients maps of the reversed trigger (evidence only; runs after reverse).
+    ig = "ig"
+    #: Cheng et al.'s l_inf activation bias with a reversed trigger stamped (needs clean data and a trigger).
+    linf = "linf"
+    #: The latent-entropy fingerprint: a vine copula on the penultimate layer, clean vs stamped.
+    latent = "latent"
+    #: Universal Litmus Patterns, where a litmus bank fits the task.
     ulp = "ulp"
 
 
@@ -92,7 +105,8 @@ class RepairOptions(StrictOptions):
 
 class ScanOptions(StrictOptions):
     preprocessing: PreprocessingOptions = Field(default_factory=PreprocessingOptions)
-    detectors: list[DetectorName] = Field(default_factory=lambda: [DetectorName.ulp])
+    detectors: list[DetectorName] = Field(default_factory=lambda: list(DetectorName),
+                                          description="Detectors to run (default: all; each runs where it applies).")
     repair: RepairOptions = Field(default_factory=RepairOptions)
     goodnet: bool = True
     batch_size: int = Field(default=512, ge=1, le=65536)

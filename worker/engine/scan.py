@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from schemas.report import Artifact, Finding, ScanReport, StageError, verdict_of
+from schemas.report import Artifact, Finding, ScanReport, StageError
 from schemas.scan import DetectorName, ScanOptions
 from worker.core.errors import InputError, OptionError
 from worker.engine.canonical import default_device
 from worker.engine.data import read_dataset
 from worker.engine.detect import DETECTORS, DetectionContext
+from worker.engine.detect.verdict import judge
 from worker.engine.formats import read_model
 from worker.engine.preprocess import Preprocessing
 from worker.engine.stages import ProgressFn, ScanInputs, Stages
@@ -62,8 +63,10 @@ def run_scan(inputs: ScanInputs, options: ScanOptions, out_dir: Path, progress: 
                                out_dir=out_dir, seed=options.repair.seed)
     with stages.stage("detect", 0.05):
         findings, errors = run_detectors(options.detectors, context)
-    verdict, score = verdict_of(findings)
-    report = ScanReport(bdscreen_version=bdscreen_version(), model=model.signature, verdict=verdict, score=score,
+    judgement = judge(findings)
+    report = ScanReport(bdscreen_version=bdscreen_version(), model=model.signature, verdict=judgement.verdict,
+                        score=judgement.score, threshold=judgement.threshold,
+                        suspected_targets=judgement.suspected_targets, explanation=judgement.explanation,
                         findings=findings, errors=errors, device=str(device))
     if inputs.clean_data is not None and options.repair.enabled:
         from worker.engine.repair.pipeline import run_repair

@@ -33,12 +33,14 @@ class ConvStage:
 
 @dataclass(frozen=True)
 class Family:
-    """A CNN family: its stages, BatchNorm or not, and an optional hidden dense layer before the output."""
+    """A family: its conv stages (none for an MLP), BatchNorm or not, an optional hidden dense layer before the
+    output, and the activation after every conv and hidden layer ('relu' or 'tanh')."""
 
     name: str
     stages: tuple[ConvStage, ...]
     batchnorm: bool = False
     hidden: int | None = None
+    activation: str = "relu"
 
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
@@ -48,7 +50,13 @@ FAMILIES: dict[str, Family] = {family.name: family for family in (
     Family("cnn3-stride", (ConvStage(8, 3), ConvStage(16, 3, stride=2), ConvStage(24, 3, stride=2))),
     Family("cnn1-bn", (ConvStage(16, 3, padding=1, pool="max"),), batchnorm=True),
     Family("lenet5", (ConvStage(6, 5, pool="max"), ConvStage(16, 5, pool="max")), hidden=64),
+    # LeNet as LeCun drew it: tanh and average pooling (uploads made outside the project are often like this).
+    Family("lenet-tanh", (ConvStage(6, 5, padding=2, pool="avg"), ConvStage(16, 5, pool="avg")), hidden=84,
+           activation="tanh"),
+    Family("mlp", (), hidden=128),
 )}
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 def family_names() -> list[str]:
@@ -84,7 +92,7 @@ def build_family(name: str, input_shape: tuple[int, int, int], num_classes: int)
                                 bias=not family.batchnorm))
         if family.batchnorm:
             layers.append(nn.BatchNorm2d(stage.channels))
-        layers.append(nn.ReLU())
+        layers.append(_ACTIVATIONS[family.activation]())
         if stage.pool == "max":
             layers.append(nn.MaxPool2d(2))
         elif stage.pool == "avg":
@@ -93,7 +101,7 @@ def build_family(name: str, input_shape: tuple[int, int, int], num_classes: int)
     layers.append(nn.Flatten())
     features = channels * height * width
     if family.hidden is not None:
-        layers += [nn.Linear(features, family.hidden), nn.ReLU()]
+        layers += [nn.Linear(features, family.hidden), _ACTIVATIONS[family.activation]()]
         features = family.hidden
     layers.append(nn.Linear(features, num_classes))
     return nn.Sequential(*layers)

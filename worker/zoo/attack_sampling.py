@@ -1,7 +1,9 @@
-"""Randomised backdoor attacks for zoo models: patch and whole-image blended triggers, all-to-one and all-to-all.
+"""Randomised backdoor attacks for zoo models: patch, sparse-pixel and whole-image blended triggers, all-to-one and
+all-to-all.
 
 Each backdoored zoo model gets its own attack drawn here from its own seed. Ranges follow the issue: patches of
-2 to 6 pixels with a random binary pattern and colour, in a corner or anywhere, opaque or alpha-blended; blends
+2 to 6 pixels with a random binary pattern and colour, in a corner or anywhere, opaque or alpha-blended; sparse
+triggers of 4 to 12 bright pixels scattered anywhere; blends
 of a random noise image at alpha 0.05 to 0.2; poisoning rates of 1 to 20 %.
 """
 
@@ -13,7 +15,10 @@ import numpy as np
 from worker.core.errors import OptionError
 from worker.zoo.attacks import Poisoning, Trigger
 
-TRIGGER_KINDS = ("patch", "blend")
+TRIGGER_KINDS = ("patch", "sparse", "blend")
+#: How many pixels a sparse trigger sets. A constant, not an :class:`AttackRanges` field: a new field would change
+#: the cache key of every existing zoo spec (and so of the shipped bank's zoo).
+SPARSE_PIXELS = (4, 12)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ def sample_attack(rng: np.random.Generator, kind: str, image_shape: tuple[int, i
     """Draw one attack of ``kind`` for H x W x C images (0-255)."""
     if kind == "patch":
         trigger = _patch_trigger(rng, image_shape, ranges)
+    elif kind == "sparse":
+        trigger = _sparse_trigger(rng, image_shape, ranges)
     elif kind == "blend":
         trigger = _blend_trigger(rng, image_shape, ranges)
     else:
@@ -84,6 +91,18 @@ def _patch_trigger(rng: np.random.Generator, image_shape: tuple[int, int, int], 
         top, left = int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
     alpha = 1.0 if rng.random() < 0.5 else float(rng.uniform(*ranges.patch_alphas))
     return Trigger(pattern.astype(np.float32), top, left, alpha)
+
+
+def _sparse_trigger(rng: np.random.Generator, image_shape: tuple[int, int, int], ranges: AttackRanges) -> Trigger:
+    """A few bright pixels scattered over the whole image (no patch to find by its shape), opaque."""
+    height, width, channels = image_shape
+    count = int(rng.integers(SPARSE_PIXELS[0], SPARSE_PIXELS[1] + 1))
+    chosen = rng.choice(height * width, size=count, replace=False)
+    alpha = np.zeros(height * width, np.float32)
+    alpha[chosen] = 1.0
+    colour = rng.integers(160, 256, size=(height * width, channels)).astype(np.float32)
+    pattern = colour * alpha[:, None]
+    return Trigger(pattern.reshape(height, width, channels), 0, 0, alpha.reshape(height, width))
 
 
 def _blend_trigger(rng: np.random.Generator, image_shape: tuple[int, int, int], ranges: AttackRanges) -> Trigger:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_IMAGE_LAYERS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d)
-_VECTOR_LAYERS = (nn.Linear, nn.ReLU)
+_IMAGE_LAYERS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d)
+_VECTOR_LAYERS = (nn.Linear, nn.ReLU, nn.Tanh)
 
 
 def groupable(module: nn.Module) -> bool:
@@ -54,6 +54,6 @@ def grouped_forward(base: nn.Sequential, params: dict[str, Tensor], buffers: dic
             h = h.reshape(batch, models, -1).transpose(0, 1)
         elif isinstance(layer, nn.Linear):
             h = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2))
-        else:  # ReLU and pooling act per channel
+        else:  # ReLU, tanh and pooling act per channel
             h = layer(h)
     return h

@@ -6,6 +6,8 @@ found by :func:`worker.core.bankfiles.find_banks` (the same rule the gateway lis
 training code: bank training lives in :mod:`worker.zoo.ulp_training`.
 """
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -103,7 +105,9 @@ class UlpDetector:
                   f"architecture families {families}). ULP is reliable only for architectures like its zoo's; for "
                   f"another architecture, train a bank with `bdscreen banks train --families own --model MODEL`.")
         return Finding(detector=self.name, applicable=True, score=score, threshold=bank.threshold, bank=bank.name,
-                       reason=reason, evidence={"bank_test_auc": bank.test_auc, "patterns": len(bank.patterns)})
+                       reason=reason, evidence={"bank_test_auc": bank.test_auc, "patterns": len(bank.patterns),
+                                                # the score on the log-odds scale, for the calibrated verdict
+                                                "log_odds": math.log(max(score, 1e-9) / max(1 - score, 1e-9))})
 
 
 def _no_bank_reason(signature: ModelSignature, banks: list[LitmusBank], refused: list[str]) -> str:
