@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scripts.reverse_fixtures import case
+from bench.reverse_fixtures import case
 from worker.engine.detect.base import DetectionContext
 from worker.engine.detect.reverse import FULL_SEARCH_CLASSES, ReverseEngineeringDetector
 from worker.engine.detect.search_data import search_data
