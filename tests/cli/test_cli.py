@@ -69,17 +69,6 @@ def test_missing_file_is_a_usage_error():
     assert info.value.code == 2
 
 
-@pytest.fixture(scope="module")
-def clean_mnist(reference_inputs, tmp_path_factory, fixtures) -> Path:
-    from worker.engine.data import read_mnist_idx
-
-    _, labels = read_mnist_idx(fixtures / "mnist/t10k-images-idx3-ubyte.gz",
-                               fixtures / "mnist/t10k-labels-idx1-ubyte.gz", limit=300)
-    path = tmp_path_factory.mktemp("data") / "clean.npz"
-    np.savez(path, x=reference_inputs["mnist"][:300].astype(np.uint8), y=labels)
-    return path
-
-
 def test_local_scan_json_has_the_documented_fields(fixtures, clean_mnist, tmp_path, capsys):
     code = main(["scan", str(fixtures / "mnist/csaw_c_clean_label_bd_net.h5"), "--clean-data", str(clean_mnist),
                  "--divide-by", "255", "--detectors", "none", "--thresholds", "2,10", "--local", "--json",

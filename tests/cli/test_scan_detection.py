@@ -2,25 +2,10 @@
 
 import argparse
 import json
-from pathlib import Path
-
-import numpy as np
-import pytest
 
 from cli.main import main
 from cli.scan import options_from_args
 from schemas.scan import DetectorName
-
-
-@pytest.fixture(scope="module")
-def clean_mnist(reference_inputs, tmp_path_factory, fixtures) -> Path:
-    from worker.engine.data import read_mnist_idx
-
-    _, labels = read_mnist_idx(fixtures / "mnist/t10k-images-idx3-ubyte.gz",
-                               fixtures / "mnist/t10k-labels-idx1-ubyte.gz", limit=300)
-    path = tmp_path_factory.mktemp("data") / "clean.npz"
-    np.savez(path, x=reference_inputs["mnist"][:300].astype(np.uint8), y=labels)
-    return path
 
 
 def args(**given) -> argparse.Namespace:
