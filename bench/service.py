@@ -34,7 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
-OPTIONS = '{"preprocessing": {"divide_by": 255}, "detectors": [], "repair": {"thresholds": [2, 10]}}'
+OPTIONS = ('{"preprocessing": {"divide_by": 255}, "detectors": [], '
+           '"repair": {"thresholds": [2, 10], "method": "prune"}}')
 
 
 def free_port() -> int:

@@ -176,7 +176,10 @@ def faces(fixtures, tmp_path_factory) -> dict[str, Path]:
             "mnist_model": fixtures / "mnist/csaw_c_clean_label_bd_net.h5", "samples": fixtures / "ytf/samples"}
 
 
-FACE_OPTIONS = '{"preprocessing": {"divide_by": 255}, "detectors": [], "repair": {"thresholds": [2, 10]}}'
+# Pruning alone: these tests are about the service; the default repair (several candidates, minutes on DeepID) is
+# tested in tests/worker/engine/repair.
+FACE_OPTIONS = ('{"preprocessing": {"divide_by": 255}, "detectors": [], '
+                '"repair": {"thresholds": [2, 10], "method": "prune"}}')
 
 
 def post_scan(client: httpx.Client, model: Path, options: str = FACE_OPTIONS, **files: Path) -> httpx.Response:

@@ -28,7 +28,7 @@ def test_serve_scans_the_badnet_with_the_embedded_broker(embedded, faces, tmp_pa
     run = subprocess.run(
         [sys.executable, "-m", "cli.main", "scan", str(faces["model"]), "--server", embedded.url,
          "--clean-data", str(faces["clean"]), "--divide-by", "255", "--detectors", "none", "--thresholds", "2,10",
-         "--download", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+         "--repair-method", "prune", "--download", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 3, run.stderr + embedded.log("serve")[-3000:]
     assert "verdict: inconclusive" in run.stdout and "goodnet_drop2.onnx" in run.stdout
     report = ScanReport.model_validate_json((out / "report.json").read_text())
@@ -41,7 +41,7 @@ def test_the_demos_curl_line_runs_as_printed(embedded, faces):
     from worker.demo.run import curl_line
 
     line = curl_line(embedded.url, [str(faces["model"]), "--clean-data", str(faces["clean"]), "--divide-by", "255",
-                                    "--detectors", "none", "--thresholds", "2"])
+                                    "--detectors", "none", "--thresholds", "2", "--repair-method", "prune"])
     answer = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=120)
     scan = json.loads(answer.stdout)
     assert answer.returncode == 0 and scan["state"] == "queued", answer.stdout + answer.stderr

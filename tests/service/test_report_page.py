@@ -33,7 +33,8 @@ def scan(open_deployment, fixtures, tmp_path_factory):
     np.savez(digits, x=x[:200], y=y[:200])
     with open_deployment.client() as client:
         created = post_scan(client, fixtures / "mnist/csaw_c_clean_label_bd_net.h5",
-                            '{"preprocessing": {"divide_by": 255}, "repair": {"thresholds": [2]}}', clean_data=digits)
+                            '{"preprocessing": {"divide_by": 255}, "repair": {"thresholds": [2], "method": "prune"}}',
+                            clean_data=digits)
         assert created.status_code == 202, created.text
         done = wait_scan(client, created.json()["id"], timeout=600)
     assert done["state"] == "succeeded", done

@@ -14,7 +14,8 @@ from conftest import ROOT, post_scan, wait_scan
 from schemas.report import ScanReport, Verdict
 
 LONG_FACE_OPTIONS = ('{"preprocessing": {"divide_by": 255}, "detectors": [], '
-                     '"repair": {"thresholds": [2, 10], "fine_tune": true, "fine_tune_epochs": 500}}')
+                     '"repair": {"thresholds": [2, 10], "method": "prune", "fine_tune": true, '
+                     '"fine_tune_epochs": 500}}')
 
 
 def test_ci_client_scans_the_badnet_and_downloads_a_goodnet_that_runs_in_onnxruntime(deployment, faces, tmp_path):
@@ -22,7 +23,8 @@ def test_ci_client_scans_the_badnet_and_downloads_a_goodnet_that_runs_in_onnxrun
     run = subprocess.run(
         [sys.executable, "-m", "cli.main", "scan", str(faces["model"]), "--server", deployment.url,
          "--api-key", deployment.keys["alice"], "--clean-data", str(faces["clean"]), "--divide-by", "255",
-         "--detectors", "none", "--thresholds", "2,10", "--json", "--download", str(out)],
+         "--detectors", "none", "--thresholds", "2,10", "--repair-method", "prune", "--json",
+         "--download", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert run.returncode == 3, run.stderr  # no detector asked for: inconclusive
     report = ScanReport.model_validate_json(run.stdout)
