@@ -33,6 +33,8 @@ def describe_report(report: ScanReport, out: Path | None) -> str:
     for f in report.findings:
         if not f.applicable:
             state = "not applicable"
+        elif f.score is None:
+            state = "ran (evidence only)"
         elif f.threshold is None:
             state = f"score {f.score:.3f}"
         else:
