@@ -59,12 +59,17 @@ def _scored(name: str, key: str, value: float, fallback_scale: float) -> tuple[f
     return 1.0 / (1.0 + math.exp(-value / fallback_scale)), None
 
 
-class LinfBiasDetector:
-    name = "linf"
+class _OnReversedTriggers:
+    """What the two statistics on reversed triggers share: clean data, a last dense layer, enough samples."""
+
     needs_clean_data = True
 
     def applicable(self, context: DetectionContext) -> str | None:
         return _missing(context)
+
+
+class LinfBiasDetector(_OnReversedTriggers):
+    name = "linf"
 
     def detect(self, context: DetectionContext) -> Finding:
         if not context.triggers:
@@ -85,12 +90,8 @@ class LinfBiasDetector:
                        diagnostics={"samples_used": used, "triggers": len(shifts)})
 
 
-class LatentEntropyDetector:
+class LatentEntropyDetector(_OnReversedTriggers):
     name = "latent"
-    needs_clean_data = True
-
-    def applicable(self, context: DetectionContext) -> str | None:
-        return _missing(context)
 
     def detect(self, context: DetectionContext) -> Finding:
         if not context.triggers:
