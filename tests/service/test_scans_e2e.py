@@ -81,17 +81,18 @@ def test_report_is_the_one_the_local_scan_makes(deployment, faces, tmp_path):
 
 def test_another_keys_scan_is_a_404_and_lists_hold_only_your_scans(deployment, faces):
     with deployment.client(deployment.keys["alice"]) as alice, deployment.client(deployment.keys["bob"]) as bob:
+        older_id = post_scan(alice, faces["mnist_model"], '{"detectors": []}').json()["id"]
         scan_id = post_scan(alice, faces["mnist_model"], '{"detectors": []}').json()["id"]
         seen_by_bob = bob.get(f"/v1/scans/{scan_id}")
         deleted_by_bob = bob.delete(f"/v1/scans/{scan_id}")
         bobs = bob.get("/v1/scans").json()
         alices = alice.get("/v1/scans", params={"limit": 1}).json()
-        wait_scan(alice, scan_id)
+        wait_scan(alice, older_id), wait_scan(alice, scan_id)
     with deployment.client() as anonymous, deployment.client("bds_wrong") as wrong:
         assert anonymous.get("/v1/scans").status_code == 401 and wrong.get("/v1/scans").status_code == 401
         assert anonymous.get("/v1/scans").headers["www-authenticate"] == "Bearer"
     assert seen_by_bob.status_code == 404 and deleted_by_bob.status_code == 404
-    assert scan_id not in [s["id"] for s in bobs["data"]]
+    assert not {scan_id, older_id} & {s["id"] for s in bobs["data"]}
     assert [s["id"] for s in alices["data"]] == [scan_id] and alices["count"] >= 2  # newest first, paginated
 
 

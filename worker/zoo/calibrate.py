@@ -15,7 +15,7 @@ import numpy as np
 from worker.engine.detect.verdict import CALIBRATION_FORMAT
 
 #: The statistic each detector contributes to the verdict (an ``evidence`` key of its finding).
-STATISTICS = {"mmbd": "log_anomaly", "reverse": "anomaly_index", "linf": "bias_shift", "latent": "entropy_shift",
+STATISTICS = {"mmbd": "log_anomaly", "reverse": "score_log_odds", "linf": "bias_shift", "latent": "entropy_shift",
               "ulp": "log_odds"}
 
 

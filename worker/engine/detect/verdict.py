@@ -24,6 +24,7 @@ from schemas.report import Finding, Verdict
 
 CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration" / "verdict.json"
 CALIBRATION_FORMAT = 1
+SCORE_FLOOR = 1e-6  # scores are reported to six decimals
 
 
 class CalibrationError(Exception):
@@ -49,10 +50,15 @@ class Feature:
 
 
 def statistic_of(finding: Finding, key: str) -> float | None:
-    """``finding.evidence[key]`` (or its ``score`` for key 'score') when it is a finite number, else None."""
-    value = finding.score if key == "score" else finding.evidence.get(key)
+    """``finding.evidence[key]`` when it is a finite number, else None. Two keys read the score instead: 'score'
+    itself, and 'score_log_odds', its log-odds (for a detector whose score already measures its statistic against
+    that statistic's own null, as ``reverse`` does against the expected maximum of its candidates)."""
+    value = finding.score if key in ("score", "score_log_odds") else finding.evidence.get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None
+    if key == "score_log_odds":
+        value = min(max(value, SCORE_FLOOR), 1 - SCORE_FLOOR)
+        return math.log(value / (1 - value))
     return float(value)
 
 

@@ -9,7 +9,7 @@ import torch
 from schemas.report import Finding, Verdict
 from tests.worker.engine.detect.planted import PREPROCESSING, planted_model
 from worker.engine.detect.base import DetectionContext
-from worker.engine.detect.verdict import CALIBRATION_FILE, CalibrationError, judge, load_calibration
+from worker.engine.detect.verdict import CALIBRATION_FILE, CalibrationError, judge, load_calibration, statistic_of
 from worker.engine.scan import run_detectors
 
 REGRESSIONS = [
@@ -61,6 +61,20 @@ def test_uses_the_regression_of_the_detectors_that_ran(calibration):
 def test_a_missing_figure_counts_as_the_calibration_mean(calibration):
     judgement = judge([finding("mmbd", "other_key", 9.0)], calibration)
     assert judgement.score == pytest.approx(1 / (1 + math.exp(1.0)))
+
+
+def test_score_log_odds_reads_the_score_on_the_log_odds_scale():
+    scored = Finding(detector="reverse", applicable=True, score=0.8, threshold=0.5, reason="")
+    assert statistic_of(scored, "score_log_odds") == pytest.approx(math.log(4))
+    assert statistic_of(scored.model_copy(update={"score": 0.0}), "score_log_odds") == pytest.approx(math.log(1e-6),
+                                                                                                     rel=1e-3)
+    assert statistic_of(scored.model_copy(update={"score": None}), "score_log_odds") is None
+
+
+def test_the_shipped_calibration_weighs_reverse_on_its_score_log_odds():
+    shipped = load_calibration()
+    keys = {(f.detector, f.key) for r in shipped.regressions for f in r.features}
+    assert ("reverse", "score_log_odds") in keys
 
 
 class Crashing:
