@@ -93,9 +93,10 @@ class RepairedModel(Metrics):
         default=None, description="The reversed-trigger estimate on the validation part of the decision data.")
     fresh_search_estimated_attack_success_rate: float | None = Field(
         default=None, description="An ESTIMATE without poisoned data: the success on held-out clean inputs of the "
-                                  "trigger searched for AGAIN on this repaired model (suspected targets, a mask at "
-                                  "most 1.5x the reversed trigger's). estimated_attack_success_rate is the higher of "
-                                  "this and the reversed triggers' own success.")
+                                  "trigger searched for AGAIN on this repaired model (suspected targets, a mask no "
+                                  "larger than a set multiple of the smallest reversed trigger's). "
+                                  "estimated_attack_success_rate is the higher of this and the reversed triggers' own "
+                                  "success.")
     unlearning_rounds: int | None = Field(
         default=None, description="Fine-tunings this repair took: 1, plus one per round that unlearned a trigger "
                                   "found again on the repaired model.")

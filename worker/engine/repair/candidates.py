@@ -84,7 +84,8 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
             built.append(Built(name, first.method, first.model, first.label_agnostic, threshold=threshold,
                                channels_pruned=k, pruned=first.pruned, shares_repair_with=first.name,
                                warning=first.warning, fine_tuned=first.fine_tuned, epochs=first.epochs,
-                               learning_rate=first.learning_rate, kept_epoch=first.kept_epoch))
+                               learning_rate=first.learning_rate, kept_epoch=first.kept_epoch, fresh=first.fresh,
+                               rounds=first.rounds))
             continue
         with stage(name):
             candidate = Built(name, "prune", pruned_copy(model, layer, sweep.order[:k]), True, threshold=threshold,
@@ -92,6 +93,7 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
             if opts.fine_tune:
                 candidate.method = "prune+unlearn" if triggers else "fine-prune"
                 _tune(candidate, candidate.model, data, triggers, opts, layer, None)
+            recheck(candidate, data, triggers, opts, layer)
         by_channels[k] = candidate
         built.append(candidate)
     budget_floor = original_accuracy - opts.max_accuracy_drop / 100
@@ -99,6 +101,7 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
         with stage("unlearn"):
             candidate = Built("unlearn", "unlearn", None, False)
             _tune(candidate, model, data, triggers, opts, None, budget_floor)
+            recheck(candidate, data, triggers, opts, layer)
             built.append(candidate)
     if opts.method == RepairMethod.auto and triggers and not opts.fine_tune:
         first = next((b for b in built if b.channels_pruned and not b.shares_repair_with), None)
@@ -107,6 +110,7 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
                 candidate = Built(f"{first.name}-unlearn", "prune+unlearn", None, False, threshold=first.threshold,
                                   channels_pruned=first.channels_pruned, pruned=first.pruned)
                 _tune(candidate, first.model, data, triggers, opts, layer, None)
+                recheck(candidate, data, triggers, opts, layer)
                 built.append(candidate)
     # The label-agnostic repair costs about three times as much: by default it runs only without a reversed trigger.
     if opts.method == RepairMethod.adversarial or (opts.method == RepairMethod.auto and not triggers):
@@ -114,16 +118,9 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
             candidate = Built("adversarial", "adversarial", None, True)
             _tune(candidate, model, data, [], opts, None, budget_floor, ADVERSARIAL_RADIUS)
             built.append(candidate)
-    owners = {b.name: b for b in built}
     for candidate in built:
         if candidate.model is None:
             continue
-        owner = owners.get(candidate.shares_repair_with or "")
-        if owner is not None:  # the same model: the same fresh search and rounds
-            candidate.model, candidate.fresh, candidate.rounds = owner.model, owner.fresh, owner.rounds
-        elif triggers:
-            with stage(f"{candidate.name}:re-search"):
-                recheck(candidate, data, triggers, opts, layer)
         candidate.decision_accuracy = clean_accuracy(candidate.model, data.validation, data.preprocessing)
         # The honest estimate: the reversed triggers and those found again on this very model.
         candidate.estimated_attack_success = trigger_success(candidate.model, data.validation,
@@ -136,7 +133,10 @@ def recheck(candidate: Built, data: RepairData, triggers: list[ReversedTrigger],
     """Search the repaired model for a trigger again; while an unlearned model still has one that works, unlearn the
     old and new triggers together (at most ``RECHECK_ROUNDS`` more times). A round's model is kept when it passes
     the guard and lowers the honest estimate (old triggers and its own fresh search, on validation data).
-    ``candidate.fresh`` is always the search on the model handed back, so the estimate is about that model."""
+    ``candidate.fresh`` is always the search on the model handed back, so the estimate is about that model.
+    Nothing to do without a reversed trigger (no suspected target) or without a model (a failed fine-tuning)."""
+    if not triggers or candidate.model is None:
+        return
     def search(model: CanonicalModel) -> list[ReversedTrigger]:
         return search_within_budget(model, data.preprocessing, data.train, data.validation, triggers,
                                     seed=opts.seed + candidate.rounds)
@@ -144,7 +144,6 @@ def recheck(candidate: Built, data: RepairData, triggers: list[ReversedTrigger],
     def estimate(model: CanonicalModel, fresh: list[ReversedTrigger]) -> float:
         return trigger_success(model, data.validation, data.preprocessing, triggers + fresh) or 0.0
 
-    assert candidate.model is not None
     candidate.fresh = search(candidate.model)
     for _ in range(RECHECK_ROUNDS if "unlearn" in candidate.method else 0):
         current = estimate(candidate.model, candidate.fresh)
