@@ -32,9 +32,9 @@ from worker.engine.repair.unlearn import TuneSettings, guarded_fine_tune
 ADVERSARIAL_RADIUS = 0.08
 #: Re-unlearning rounds after the first, while the fresh search finds a trigger sending more than RESIDUAL of the
 #: validation inputs to a suspected target; each round is shorter than the first (it starts from a repaired model).
-RECHECK_ROUNDS = 2
+RECHECK_ROUNDS = 3
 RECHECK_EPOCHS = 5
-RESIDUAL = 0.02
+RESIDUAL = 0.01
 
 
 @dataclass
