@@ -11,7 +11,9 @@
 
 Every fine-tuning runs under the guard of :func:`~worker.engine.repair.unlearn.guarded_fine_tune`; the floor is the
 starting model's held-out accuracy, or the original's minus the accuracy budget when nothing was pruned. A failed
-fine-tuning yields a candidate with a warning and no model: it is reported, never offered.
+fine-tuning yields a candidate with a warning and no model: it is reported, never offered. With a reversed
+trigger, every candidate is then searched again for a trigger (:func:`recheck`), and unlearning candidates unlearn
+what that search finds for a few more rounds.
 """
 
 from dataclasses import dataclass, field
