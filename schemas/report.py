@@ -91,6 +91,15 @@ class RepairedModel(Metrics):
                                                                       "decision data: what the choice saw.")
     decision_estimated_attack_success_rate: float | None = Field(
         default=None, description="The reversed-trigger estimate on the validation part of the decision data.")
+    fresh_search_estimated_attack_success_rate: float | None = Field(
+        default=None, description="An ESTIMATE without poisoned data: the success on held-out clean inputs of the "
+                                  "trigger searched for AGAIN on this repaired model (suspected targets, a mask no "
+                                  "larger than a set multiple of the smallest reversed trigger's). "
+                                  "estimated_attack_success_rate is the higher of this and the reversed triggers' own "
+                                  "success.")
+    unlearning_rounds: int | None = Field(
+        default=None, description="Fine-tunings this repair took: 1, plus one per round that unlearned a trigger "
+                                  "found again on the repaired model.")
     recommended: bool = False
     warning: str | None = Field(default=None, description="Why this repair failed and is not offered.")
     artifact: str | None = Field(default=None, description="Repaired model in the uploaded format.")

@@ -11,7 +11,9 @@
 
 Every fine-tuning runs under the guard of :func:`~worker.engine.repair.unlearn.guarded_fine_tune`; the floor is the
 starting model's held-out accuracy, or the original's minus the accuracy budget when nothing was pruned. A failed
-fine-tuning yields a candidate with a warning and no model: it is reported, never offered.
+fine-tuning yields a candidate with a warning and no model: it is reported, never offered. With a reversed
+trigger, every candidate is then searched again for a trigger (:func:`recheck`), and unlearning candidates unlearn
+what that search finds for a few more rounds.
 """
 
 from dataclasses import dataclass, field
@@ -23,12 +25,18 @@ from worker.engine.preprocess import Preprocessing
 from worker.engine.repair.choose import Candidate
 from worker.engine.repair.layers import pruned_copy
 from worker.engine.repair.raw import RawSet, clean_accuracy, trigger_success
+from worker.engine.repair.recheck import search_within_budget
 from worker.engine.repair.sweep import SweepResult
 from worker.engine.repair.unlearn import TuneSettings, guarded_fine_tune
 
 #: L2 radius of the adversarial perturbation, as a fraction of the largest possible image difference. 0.15 cost
 #: MNIST models 3-4 points of clean accuracy; 0.08 is still several times a 4x4 patch trigger's norm.
 ADVERSARIAL_RADIUS = 0.08
+#: Re-unlearning rounds after the first, while the fresh search finds a trigger sending more than RESIDUAL of the
+#: validation inputs to a suspected target; each round is shorter than the first (it starts from a repaired model).
+RECHECK_ROUNDS = 3
+RECHECK_EPOCHS = 5
+RESIDUAL = 0.01
 
 
 @dataclass
@@ -44,6 +52,9 @@ class Built(Candidate):
     epochs: int | None = None
     kept_epoch: int | None = None
     rejected_epochs: list[int] = field(default_factory=list)
+    floor: float | None = None  # the guard's floor of its first fine-tuning, kept by every later round
+    fresh: list[ReversedTrigger] = field(default_factory=list)  # searched again on the repaired model
+    rounds: int = 0  # fine-tunings: 1, plus one per round that unlearned a freshly found trigger
 
 
 @dataclass
@@ -75,7 +86,8 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
             built.append(Built(name, first.method, first.model, first.label_agnostic, threshold=threshold,
                                channels_pruned=k, pruned=first.pruned, shares_repair_with=first.name,
                                warning=first.warning, fine_tuned=first.fine_tuned, epochs=first.epochs,
-                               learning_rate=first.learning_rate, kept_epoch=first.kept_epoch))
+                               learning_rate=first.learning_rate, kept_epoch=first.kept_epoch, fresh=first.fresh,
+                               rounds=first.rounds))
             continue
         with stage(name):
             candidate = Built(name, "prune", pruned_copy(model, layer, sweep.order[:k]), True, threshold=threshold,
@@ -83,6 +95,7 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
             if opts.fine_tune:
                 candidate.method = "prune+unlearn" if triggers else "fine-prune"
                 _tune(candidate, candidate.model, data, triggers, opts, layer, None)
+            recheck(candidate, data, triggers, opts, layer)
         by_channels[k] = candidate
         built.append(candidate)
     budget_floor = original_accuracy - opts.max_accuracy_drop / 100
@@ -90,6 +103,7 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
         with stage("unlearn"):
             candidate = Built("unlearn", "unlearn", None, False)
             _tune(candidate, model, data, triggers, opts, None, budget_floor)
+            recheck(candidate, data, triggers, opts, layer)
             built.append(candidate)
     if opts.method == RepairMethod.auto and triggers and not opts.fine_tune:
         first = next((b for b in built if b.channels_pruned and not b.shares_repair_with), None)
@@ -98,6 +112,7 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
                 candidate = Built(f"{first.name}-unlearn", "prune+unlearn", None, False, threshold=first.threshold,
                                   channels_pruned=first.channels_pruned, pruned=first.pruned)
                 _tune(candidate, first.model, data, triggers, opts, layer, None)
+                recheck(candidate, data, triggers, opts, layer)
                 built.append(candidate)
     # The label-agnostic repair costs about three times as much: by default it runs only without a reversed trigger.
     if opts.method == RepairMethod.adversarial or (opts.method == RepairMethod.auto and not triggers):
@@ -106,25 +121,62 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
             _tune(candidate, model, data, [], opts, None, budget_floor, ADVERSARIAL_RADIUS)
             built.append(candidate)
     for candidate in built:
-        if candidate.model is not None:
-            candidate.decision_accuracy = clean_accuracy(candidate.model, data.validation, data.preprocessing)
-            candidate.estimated_attack_success = trigger_success(candidate.model, data.validation,
-                                                                 data.preprocessing, triggers)
+        if candidate.model is None:
+            continue
+        candidate.decision_accuracy = clean_accuracy(candidate.model, data.validation, data.preprocessing)
+        # The honest estimate: the reversed triggers and those found again on this very model.
+        candidate.estimated_attack_success = trigger_success(candidate.model, data.validation,
+                                                             data.preprocessing, triggers + candidate.fresh)
     return built
 
 
+def recheck(candidate: Built, data: RepairData, triggers: list[ReversedTrigger], opts: RepairOptions,
+            layer: str) -> None:
+    """Search the repaired model for a trigger again; while an unlearned model still has one that works, unlearn the
+    old and new triggers together (at most ``RECHECK_ROUNDS`` more times). A round's model is kept when it passes
+    the guard and lowers the honest estimate (old triggers and its own fresh search, on validation data).
+    ``candidate.fresh`` is always the search on the model handed back, so the estimate is about that model.
+    Nothing to do without a reversed trigger (no suspected target) or without a model (a failed fine-tuning)."""
+    if not triggers or candidate.model is None:
+        return
+    def search(model: CanonicalModel) -> list[ReversedTrigger]:
+        return search_within_budget(model, data.preprocessing, data.train, data.validation, triggers,
+                                    seed=opts.seed + candidate.rounds)
+
+    def estimate(model: CanonicalModel, fresh: list[ReversedTrigger]) -> float:
+        return trigger_success(model, data.validation, data.preprocessing, triggers + fresh) or 0.0
+
+    candidate.fresh = search(candidate.model)
+    for _ in range(RECHECK_ROUNDS if "unlearn" in candidate.method else 0):
+        current = estimate(candidate.model, candidate.fresh)
+        if max((t.attack_success for t in candidate.fresh), default=0.0) <= RESIDUAL:
+            break
+        again = Built(candidate.name, candidate.method, None, False, pruned=candidate.pruned)
+        _tune(again, candidate.model, data, triggers + candidate.fresh, opts, layer if candidate.pruned else None,
+              candidate.floor, epochs=RECHECK_EPOCHS, learning_rate=candidate.learning_rate)
+        if again.model is None:  # the guard rejected every epoch
+            break
+        fresh = search(again.model)
+        if estimate(again.model, fresh) >= current:
+            break
+        candidate.model, candidate.fresh, candidate.rounds = again.model, fresh, candidate.rounds + 1
+
+
 def _tune(candidate: Built, start: CanonicalModel, data: RepairData, triggers: list[ReversedTrigger],
-          opts: RepairOptions, layer: str | None, floor: float | None, radius: float | None = None) -> None:
+          opts: RepairOptions, layer: str | None, floor: float | None, radius: float | None = None,
+          epochs: int | None = None, learning_rate: float | None = None) -> None:
     """Fine-tune ``start`` into ``candidate`` under the guard; on failure the candidate keeps only a warning."""
     start_accuracy = clean_accuracy(start, data.validation, data.preprocessing)
     floor = start_accuracy if floor is None else min(floor, start_accuracy)
+    candidate.floor = floor
 
     def score(model: CanonicalModel) -> tuple[float, tuple]:
         accuracy = clean_accuracy(model, data.validation, data.preprocessing)
         estimate = trigger_success(model, data.validation, data.preprocessing, triggers) or 0.0
         return accuracy, (round(estimate * 100), -accuracy)
 
-    settings = TuneSettings(epochs=opts.fine_tune_epochs, learning_rate=opts.fine_tune_learning_rate,
+    settings = TuneSettings(epochs=epochs or opts.fine_tune_epochs,
+                            learning_rate=learning_rate or opts.fine_tune_learning_rate,
                             batch_size=data.batch_size,
                             adversarial_radius=radius, trigger_share=0.0 if radius else TuneSettings.trigger_share,
                             seed=opts.seed)
@@ -132,6 +184,7 @@ def _tune(candidate: Built, start: CanonicalModel, data: RepairData, triggers: l
                                score, layer, candidate.pruned, teacher=data.original)
     candidate.model, candidate.warning = result.model, result.warning
     candidate.fine_tuned, candidate.learning_rate, candidate.epochs = True, result.learning_rate, settings.epochs
+    candidate.rounds = 1
     candidate.kept_epoch, candidate.rejected_epochs = result.kept_epoch, result.rejected_epochs
     if result.warning:
         candidate.warning = f"{candidate.name}: {result.warning}"

@@ -1,11 +1,13 @@
 """Which repair to recommend: decided on clean decision data and reversed triggers only, never on poisoned data.
 
 Every candidate is scored on the validation part of the decision data (clean inputs no repair trained on): its
-clean accuracy, and the estimated attack success, the share of those inputs that the reversed triggers still send
-to their targets. A candidate is eligible when its fine-tuning did not fail, its accuracy is within
-``max_drop`` points of the original model's on the same inputs, and it at least halves the original's estimated
-attack success. Among the eligible, the lowest estimate wins (in whole percentage points: finer differences are
-noise on a few hundred inputs), then the higher accuracy, then the simpler method (listed order). When no
+clean accuracy, and the estimated attack success, the share of those inputs that the reversed triggers, or the
+trigger searched for again on the candidate itself (:mod:`worker.engine.repair.recheck`), send to their targets,
+whichever is higher: a repair that leaves a working trigger does not look clean. A candidate is eligible when its
+fine-tuning did not fail, its accuracy is within ``max_drop`` points of the original model's on the same inputs,
+and it at least halves the original's estimated attack success. Among the eligible, the lowest estimate wins (in
+whole percentage points: finer differences are noise on a few hundred inputs), then the higher accuracy, then the
+simpler method (listed order). When no
 reversed trigger is known the estimate is unavailable, and only label-agnostic candidates can be recommended.
 When nothing is eligible the report says so and no repair is recommended.
 """

@@ -191,11 +191,14 @@ def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: Sca
                           fine_tune_best_epoch=b.kept_epoch,
                           fine_tune_heldout_accuracy=b.decision_accuracy if b.fine_tuned else None,
                           decision_estimated_attack_success_rate=b.estimated_attack_success,
-                          recommended=recommended, warning=b.warning)
+                          unlearning_rounds=b.rounds or None, recommended=recommended, warning=b.warning)
     if b.model is None:
         return entry
     entry.clean_accuracy = clean_accuracy(b.model, evaluation, data.preprocessing)
-    entry.estimated_attack_success_rate = trigger_success(b.model, evaluation, data.preprocessing, triggers)
+    entry.estimated_attack_success_rate = trigger_success(b.model, evaluation, data.preprocessing,
+                                                          triggers + b.fresh)
+    entry.fresh_search_estimated_attack_success_rate = trigger_success(b.model, evaluation, data.preprocessing,
+                                                                       b.fresh)
     if poisoned:
         entry.attack_success_rate = clean_accuracy(b.model, poisoned, data.preprocessing)
     owner = b.shares_repair_with or b.name

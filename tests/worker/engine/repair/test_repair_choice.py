@@ -54,6 +54,10 @@ def test_poisoned_data_never_decides(planted, files, tmp_path):
     assert digest[0] == digest[1]
     assert chosen.attack_success_rate < 0.1 and first.baseline.attack_success_rate > 0.9  # and it works
     assert chosen.estimated_attack_success_rate < first.baseline.estimated_attack_success_rate / 2
+    for m in first.models:  # every built repair was searched again, and its estimate counts that search
+        if m.clean_accuracy is not None:
+            assert m.fresh_search_estimated_attack_success_rate is not None
+            assert m.estimated_attack_success_rate >= m.fresh_search_estimated_attack_success_rate
 
 
 def test_thresholds_that_prune_the_same_channels_share_one_repair(planted):
