@@ -60,6 +60,16 @@ def zoo_spec(seed: int, per_family: int) -> ZooSpec:
                    training=TrainingSettings(epochs=6), splits=(1.0, 0.0, 0.0), group_size=16, seed=seed)
 
 
+def mnist_zoo_data() -> tuple[np.ndarray, np.ndarray, Dataset]:
+    """The t10k images (N x 28 x 28 x 1) and labels the zoos train on, and the detectors' clean set."""
+    images, labels = read_mnist_idx(FIXTURES / "mnist" / "t10k-images-idx3-ubyte.gz",
+                                    FIXTURES / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    images = images.reshape(-1, 28, 28, 1).astype(np.float32)
+    clean = Dataset(images[3000:3000 + CLEAN_IMAGES].transpose(0, 3, 1, 2).copy(),
+                    labels[3000:3000 + CLEAN_IMAGES].astype(np.int64))
+    return images, labels, clean
+
+
 def kind_of(member: ZooMember) -> str:
     attack = member.record.attack
     if attack is None:
@@ -226,16 +236,12 @@ def main() -> None:
                              "trigger of another zoo model) instead of the verdict")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images, labels = read_mnist_idx(FIXTURES / "mnist" / "t10k-images-idx3-ubyte.gz",
-                                    FIXTURES / "mnist" / "t10k-labels-idx1-ubyte.gz")
-    images = images.reshape(-1, 28, 28, 1).astype(np.float32)
+    images, labels, clean = mnist_zoo_data()
     spec = zoo_spec(args.seed, args.models_per_family)
     start = time.perf_counter()
     zoo = generate_zoo(spec, images, labels, progress=print)
     print(f"zoo {zoo.key}: {len(zoo.records)} candidates, {sum(r.kept for r in zoo.records)} kept "
           f"({time.perf_counter() - start:.0f} s)")
-    clean = Dataset(images[3000:3000 + CLEAN_IMAGES].transpose(0, 3, 1, 2).copy(),
-                    labels[3000:3000 + CLEAN_IMAGES].astype(np.int64))
     cache = cache_root() / "detect-stats" / zoo.key / (detectors_key() + ("-oracle" if args.oracle_triggers else ""))
     cache.mkdir(parents=True, exist_ok=True)
     members = zoo.members()

@@ -26,11 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import numpy as np
+
+from tests.databases import postgres_database  # the tests' throwaway PostgreSQL database, started if need be
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -172,24 +174,6 @@ def redis_url() -> tuple[str, subprocess.Popen | None]:
                                   stdout=subprocess.DEVNULL)
         time.sleep(0.5)
         return f"redis://127.0.0.1:{port}/0", server
-
-
-@contextmanager
-def postgres_database():
-    """A database made for this run on the local PostgreSQL (user postgres, trust auth); dropped at the end."""
-    import uuid
-
-    import psycopg
-
-    name = f"bdscreen_bench_{uuid.uuid4().hex[:10]}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def soak(tmp: Path, scans: int) -> list[tuple[str, str, str]]:

@@ -90,7 +90,9 @@ class RepairedModel(Metrics):
     decision_accuracy: float | None = Field(default=None, description="Clean accuracy on the validation part of the "
                                                                       "decision data: what the choice saw.")
     decision_estimated_attack_success_rate: float | None = Field(
-        default=None, description="The reversed-trigger estimate on the validation part of the decision data.")
+        default=None, description="The estimate the choice saw, on the validation part of the decision data: the "
+                                  "higher of the reversed triggers' success and the trigger searched for again on "
+                                  "this repaired model.")
     fresh_search_estimated_attack_success_rate: float | None = Field(
         default=None, description="An ESTIMATE without poisoned data: the success on held-out clean inputs of the "
                                   "trigger searched for AGAIN on this repaired model (suspected targets, a mask no "

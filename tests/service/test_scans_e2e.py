@@ -87,7 +87,8 @@ def test_another_keys_scan_is_a_404_and_lists_hold_only_your_scans(deployment, f
         deleted_by_bob = bob.delete(f"/v1/scans/{scan_id}")
         bobs = bob.get("/v1/scans").json()
         alices = alice.get("/v1/scans", params={"limit": 1}).json()
-        wait_scan(alice, older_id), wait_scan(alice, scan_id)
+        wait_scan(alice, older_id)
+        wait_scan(alice, scan_id)
     with deployment.client() as anonymous, deployment.client("bds_wrong") as wrong:
         assert anonymous.get("/v1/scans").status_code == 401 and wrong.get("/v1/scans").status_code == 401
         assert anonymous.get("/v1/scans").headers["www-authenticate"] == "Bearer"

@@ -147,8 +147,8 @@ def recheck(candidate: Built, data: RepairData, triggers: list[ReversedTrigger],
         return trigger_success(model, data.validation, data.preprocessing, triggers + fresh) or 0.0
 
     candidate.fresh = search(candidate.model)
+    current = estimate(candidate.model, candidate.fresh)
     for _ in range(RECHECK_ROUNDS if "unlearn" in candidate.method else 0):
-        current = estimate(candidate.model, candidate.fresh)
         if max((t.attack_success for t in candidate.fresh), default=0.0) <= RESIDUAL:
             break
         again = Built(candidate.name, candidate.method, None, False, pruned=candidate.pruned)
@@ -157,9 +157,10 @@ def recheck(candidate: Built, data: RepairData, triggers: list[ReversedTrigger],
         if again.model is None:  # the guard rejected every epoch
             break
         fresh = search(again.model)
-        if estimate(again.model, fresh) >= current:
+        lowered = estimate(again.model, fresh)
+        if lowered >= current:
             break
-        candidate.model, candidate.fresh, candidate.rounds = again.model, fresh, candidate.rounds + 1
+        candidate.model, candidate.fresh, candidate.rounds, current = again.model, fresh, candidate.rounds + 1, lowered
 
 
 def _tune(candidate: Built, start: CanonicalModel, data: RepairData, triggers: list[ReversedTrigger],
