@@ -115,6 +115,10 @@ class GoodNetResult(Metrics):
                                                       "(the seed's rule); 'targets': only where they disagree and "
                                                       "the original predicts a suspected target class.")
     targets: list[int] = Field(default_factory=list, description="Suspected target classes the 'targets' rule uses.")
+    min_confidence: float | None = Field(
+        default=None, description="The 'targets' rule counts a disagreement only where the original gives its answer "
+                                  "at least this probability: the floor that keeps 99 % of the alarms on clean "
+                                  "decision inputs stamped with the reversed triggers (no poisoned data).")
     detection_rate: float | None = None
     estimated_detection_rate: float | None = Field(
         default=None, description="An ESTIMATE without poisoned data: the share of held-out clean inputs stamped "

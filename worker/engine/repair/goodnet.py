@@ -4,7 +4,10 @@ Two rules for flagging. ``disagree`` (the seed's): the original f and the repair
 alarm on every clean input where repair changed the answer (3 % of MNIST digits after fine-pruning). ``targets``
 (the default when detection suspects target classes): they disagree *and* the original answers a suspected target
 class. A trigger sends inputs to its target, so triggered inputs still meet the condition, while clean inputs that
-merely moved between two innocent classes no longer raise an alarm.
+merely moved between two innocent classes no longer raise an alarm. With a ``confidence`` floor the original must
+also give its answer at least that probability: a trigger drives the original to its target with near certainty,
+while the clean inputs whose answer unlearning changed are mostly those the original was unsure about. The floor is
+calibrated on decision data without poisoned inputs (:func:`calibrate_confidence`).
 
 :class:`GoodNet` is a torch module over two canonical models; its ONNX export holds both networks in
 one file and returns ``scores`` (N x (classes + 1), whose argmax is G(x)) and ``label`` (G(x)).
@@ -22,12 +25,16 @@ from worker.engine.formats.onnx_export import export_module
 
 
 class GoodNet(nn.Module):
-    def __init__(self, original: CanonicalModel, repaired: CanonicalModel, targets: list[int] | None = None) -> None:
-        """``targets``: the suspected target classes (the ``targets`` rule); None or empty: the seed's rule."""
+    def __init__(self, original: CanonicalModel, repaired: CanonicalModel, targets: list[int] | None = None,
+                 confidence: float = 0.0) -> None:
+        """``targets``: the suspected target classes (the ``targets`` rule); None or empty: the seed's rule.
+        ``confidence``: the probability the original must give its answer for a disagreement to count."""
         super().__init__()
         self.original, self.repaired = original, repaired
         self.num_classes = original.signature.num_classes
+        self.original_gives_probabilities = original.signature.output_activation == "softmax"
         self.repaired_gives_probabilities = repaired.signature.output_activation == "softmax"
+        self.confidence = confidence
         self.targets = sorted(set(targets or []))
         suspect = torch.zeros(self.num_classes) if self.targets else torch.ones(self.num_classes)
         suspect[self.targets] = 1
@@ -44,6 +51,9 @@ class GoodNet(nn.Module):
         predicted = repaired.argmax(1)
         first = original.argmax(1)
         flagged = (first != predicted) & (self.suspect[first] > 0)
+        if self.confidence > 0:
+            sure = original if self.original_gives_probabilities else torch.softmax(original, dim=1)
+            flagged = flagged & (sure.max(1).values >= self.confidence)
         probabilities = repaired if self.repaired_gives_probabilities else torch.softmax(repaired, dim=1)
         # Unflagged: the repaired model's probabilities and 0 for class N; flagged: probability 1 for class N.
         # The argmax of the scores is the label.
@@ -80,6 +90,24 @@ def evaluate_goodnet(goodnet: GoodNet, clean_x: Tensor, clean_y: Tensor, poisone
     return GoodNetMetrics(clean_accuracy=float((clean == clean_y.numpy()).mean()),
                           false_alarm_rate=float((clean == n).mean()), attack_success_rate=asr,
                           detection_rate=detection)
+
+
+@torch.no_grad()
+def calibrate_confidence(goodnet: GoodNet, stamped: Tensor, keep: float = 0.99, cap: float = 0.99) -> float:
+    """The highest confidence floor under which the GoodNet still flags ``keep`` of the inputs it flags now among
+    ``stamped`` (clean decision inputs stamped with the reversed triggers, in the model's input form), never above
+    ``cap``: the real trigger may drive the original a little less surely than the reversed one; 0.0 (no floor) when
+    it flags none of them."""
+    device = next(goodnet.parameters()).device
+    flagged, confidence = [], []
+    for s in range(0, len(stamped), 1024):
+        x = stamped[s:s + 1024].to(device)
+        original = goodnet.original(x)
+        sure = original if goodnet.original_gives_probabilities else torch.softmax(original, dim=1)
+        flagged.append(goodnet(x)[1].cpu() == goodnet.num_classes)
+        confidence.append(sure.max(1).values.cpu())
+    caught = torch.cat(confidence)[torch.cat(flagged)] if flagged else torch.zeros(0)
+    return min(float(torch.quantile(caught.double(), 1 - keep, interpolation="lower")), cap) if len(caught) else 0.0
 
 
 def export_goodnet_onnx(goodnet: GoodNet, path: Path, opset: int = 17) -> None:

@@ -25,7 +25,13 @@ from worker.engine.formats import write_model
 from worker.engine.preprocess import Preprocessing, model_input, to_images
 from worker.engine.repair.candidates import Built, RepairData, build_candidates
 from worker.engine.repair.choose import choose
-from worker.engine.repair.goodnet import GoodNet, evaluate_goodnet, export_goodnet_onnx, goodnet_labels
+from worker.engine.repair.goodnet import (
+    GoodNet,
+    calibrate_confidence,
+    evaluate_goodnet,
+    export_goodnet_onnx,
+    goodnet_labels,
+)
 from worker.engine.repair.layers import resolve_prune_layer
 from worker.engine.repair.plot import plot_repair
 from worker.engine.repair.ranking import rank_channels
@@ -213,9 +219,12 @@ def _describe(b: Built, recommended: bool, original: CanonicalModel, inputs: Sca
 
 def _goodnet(original: CanonicalModel, b: Built, recommended: bool, targets: list[int], out_dir: Path,
              evaluation: RawSet, poisoned: RawSet | None, data: RepairData, triggers: list) -> GoodNetResult:
-    goodnet = GoodNet(original, b.model, targets)
     pre = data.preprocessing
     layout = original.signature.input_layout
+    goodnet = GoodNet(original, b.model, targets)
+    if targets and triggers:  # the floor that keeps 99 % of the alarms on stamped decision inputs
+        stamped = torch.cat([t.stamp_torch(data.validation.x[data.validation.y != t.target]) for t in triggers])
+        goodnet = GoodNet(original, b.model, targets, calibrate_confidence(goodnet, model_input(stamped, pre, layout)))
     clean_x = model_input(evaluation.x, pre, layout)
     metrics = evaluate_goodnet(goodnet, clean_x, evaluation.y, None if poisoned is None else
                                model_input(poisoned.x, pre, layout), None if poisoned is None else poisoned.y)
@@ -230,5 +239,6 @@ def _goodnet(original: CanonicalModel, b: Built, recommended: bool, targets: lis
     artifact = f"goodnet_{b.name}.onnx"
     export_goodnet_onnx(goodnet, out_dir / artifact)
     return GoodNetResult(name=b.name, threshold=b.threshold, rule=goodnet.rule, targets=goodnet.targets,
+                         min_confidence=goodnet.confidence or None,
                          estimated_detection_rate=estimated, recommended=recommended, artifact=artifact,
                          **metrics.__dict__)

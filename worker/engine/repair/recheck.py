@@ -13,11 +13,11 @@ decision data and its success is measured on clean inputs it did not see.
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from worker.engine.canonical import CanonicalModel
 from worker.engine.detect.trigger import ReversedTrigger
 from worker.engine.preprocess import Preprocessing, model_input
+from worker.engine.repair.bounded import BoundedTrigger
 from worker.engine.repair.raw import RawSet, trigger_success
 
 #: The fresh trigger's mask may cover this many times the reversed trigger's L1 (chosen on the development set).
@@ -56,41 +56,22 @@ def _search(model: CanonicalModel, preprocessing: Preprocessing, pool: torch.Ten
 
     Two starts run together: the reversed trigger itself (what unlearning just targeted, so the search can walk
     from it to what still works) and a uniform mask with a random pattern (a trigger elsewhere)."""
-    n, h, w, c = pool.shape
     device = next(model.parameters()).device
-    low, high = float(pool.min()), float(pool.max())
     generator = torch.Generator().manual_seed(seed)
-    old_mask = torch.as_tensor(old.mask, dtype=torch.float32).clamp(0.02, 0.98)
-    uniform = torch.full((h, w), min(limit / (h * w), 0.5))
-    mask_logit = torch.logit(torch.stack([old_mask, uniform])).to(device).requires_grad_(True)
-    old_pattern = ((torch.as_tensor(old.pattern, dtype=torch.float32) - low) / max(high - low, 1e-6)).clamp(0.02, 0.98)
-    pattern_logit = torch.stack([torch.logit(old_pattern), 0.5 * torch.randn(h, w, c, generator=generator)])
-    pattern_logit = pattern_logit.to(device).requires_grad_(True)
-    optimiser = torch.optim.Adam([mask_logit, pattern_logit], lr=0.1, betas=(0.5, 0.9))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+    search = BoundedTrigger.around(old, limit, (float(pool.min()), float(pool.max())), device, generator,
+                                   elsewhere=True)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(search.optimiser, T_max=max(steps, 1))
     layout = model.signature.input_layout
-    target = torch.full((2 * batch_size,), old.target, device=device)
 
-    def trigger() -> tuple[torch.Tensor, torch.Tensor]:
-        mask = torch.sigmoid(mask_logit)
-        mask = mask * (limit / mask.sum((1, 2), keepdim=True)).clamp(max=1.0)
-        return mask, low + (high - low) * torch.sigmoid(pattern_logit)
-
-    def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-        m = mask[:, None, :, :, None]
-        return ((1 - m) * x[None] + m * pattern[:, None]).reshape(2 * len(x), h, w, c)
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        return model.logits(model_input(x, preprocessing, layout))
 
     for _ in range(steps):
-        x = pool[torch.randint(n, (batch_size,), generator=generator)].to(device)
-        mask, pattern = trigger()
-        logits = model.logits(model_input(stamp(x, mask, pattern), preprocessing, layout))
-        optimiser.zero_grad(set_to_none=True)
-        F.cross_entropy(logits, target).backward()
-        optimiser.step()
+        search.push(logits_of, pool[torch.randint(len(pool), (batch_size,), generator=generator)].to(device))
         schedule.step()
     with torch.no_grad():
-        mask, pattern = trigger()
         x = pool[:PICK_IMAGES].to(device)
-        hits = model.logits(model_input(stamp(x, mask, pattern), preprocessing, layout)).argmax(1) == old.target
-        best = int(hits.reshape(2, len(x)).float().mean(1).argmax())
-    return mask[best].cpu().numpy().copy(), pattern[best].cpu().numpy().copy()
+        hits = logits_of(search.stamp(x)).argmax(1) == old.target
+        best = int(hits.reshape(search.starts, len(x)).float().mean(1).argmax())
+    found = search.trigger(best)
+    return found.mask, found.pattern

@@ -8,6 +8,12 @@ Three ideas, one loop (:func:`guarded_fine_tune`):
   alive across batches, pushed each batch towards what most hurts the model (no target class needed), and the
   model is trained to ignore it. A backdoor is an unusually effective universal perturbation, so this finds and
   unlearns it without knowing the target.
+- *A trigger that keeps moving* (after SAU, Wei et al. 2023, shared adversarial unlearning): a reversed trigger is
+  often a partial copy of the real one, and unlearning exactly that copy leaves the rest working. So each reversed
+  trigger also seeds an adversary, a trigger towards the same target whose mask may cover no more than the
+  smallest reversed mask (:class:`~worker.engine.repair.bounded.BoundedTrigger`); every batch it takes one step
+  towards what still works on the model as it is being tuned, and a share of the batch is stamped with it at the
+  true labels. Searching again after the repair (:mod:`worker.engine.repair.recheck`) then checks what this missed.
 - *Pruned channels stay pruned*: after each step the pruned channels are zeroed again.
 
 Nothing is trusted blindly: the peak learning rate is *found* for the model (:func:`find_learning_rate`: a short
@@ -27,6 +33,7 @@ from torch import Tensor
 from schemas.models import InputLayout
 from worker.engine.canonical import CanonicalModel
 from worker.engine.preprocess import Preprocessing, model_input
+from worker.engine.repair.bounded import BoundedTrigger
 from worker.engine.repair.finetune import random_shift
 from worker.engine.repair.layers import zero_channels
 from worker.engine.repair.raw import RawSet, stamp_batch
@@ -40,6 +47,8 @@ class TuneSettings:
     epochs: int = 10
     batch_size: int = 64
     trigger_share: float = 0.3  # of each batch stamped with a reversed trigger (NC used 20 %)
+    adversary_share: float = 0.3  # of each batch stamped with the moving trigger (needs reversed triggers)
+    adversary_budget: float = 2.0  # its mask's L1, as a multiple of the smallest reversed trigger's
     adversarial_radius: float | None = None  # L2 radius of the universal perturbation, as a fraction of the image
     learning_rate: float | None = None  # None: found by find_learning_rate
     shift: int = 0  # pixels each batch may move (zero-filled); on 12 x 12 images 2 pixels pushed a corner trigger out
@@ -77,6 +86,12 @@ class Objective:
         self.delta = torch.zeros(h, w, c, device=device)
         self.radius = None if settings.adversarial_radius is None else \
             settings.adversarial_radius * (self.high - self.low) * math.sqrt(h * w * c)
+        self.adversaries: list[BoundedTrigger] = []
+        if triggers and settings.adversary_share:
+            limit = max(settings.adversary_budget * min(float(t.mask.sum()) for t in triggers), 1.0)
+            generator = torch.Generator().manual_seed(settings.seed)
+            self.adversaries = [BoundedTrigger.around(t, limit, value_range, device, generator) for t in triggers]
+        self.turn = 0
 
     def logits(self, x: Tensor, model: CanonicalModel | None = None) -> Tensor:
         model = model or self.model
@@ -97,17 +112,32 @@ class Objective:
 
     def batch(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The training batch: clean, a share stamped with reversed triggers, and the perturbed copies."""
-        share = int(round(self.settings.trigger_share * len(x)))
+        share = int(round(self.settings.trigger_share * len(x))) if self.triggers else 0
+        moving = int(round(self.settings.adversary_share * len(x))) if self.adversaries else 0
         self.clean_rows = len(x)
-        self.stamped_rows = share if self.triggers else 0
-        if self.triggers and share:
+        self.stamped_rows = share + moving
+        if share:
             x = torch.cat([stamp_batch(x[:share], self.triggers, generator, self.settings.spread), x[share:]])
+        if moving:
+            x = torch.cat([x[:share], self._moving_stamp(x[share:share + moving], y[share:share + moving]),
+                           x[share + moving:]])
         if self.settings.shift:
             x = random_shift(x, InputLayout.nhwc, self.settings.shift, generator)
         if self.radius is not None:
             self._push_perturbation(x, y)
             x, y = torch.cat([x, (x + self.delta).clamp(self.low, self.high)]), torch.cat([y, y])
         return x, y
+
+    def _moving_stamp(self, x: Tensor, y: Tensor) -> Tensor:
+        """``x`` stamped with the next adversary, after its step towards its target on the rows it may attack."""
+        adversary = self.adversaries[self.turn % len(self.adversaries)]
+        self.turn += 1
+        attackable = y != adversary.target
+        if adversary.source is not None:
+            attackable &= y == adversary.source
+        adversary.push(self.logits, x[attackable])
+        with torch.no_grad():
+            return adversary.stamp(x)
 
     def _push_perturbation(self, x: Tensor, y: Tensor) -> None:
         """One normalised gradient-ascent step on the shared perturbation, projected back onto the L2 ball."""

@@ -33,7 +33,8 @@ def test_a_fresh_search_finds_what_unlearning_a_partial_trigger_left(planted):
 
     floor = clean_accuracy(planted.model, validation, PRE) - 0.02
     repaired = guarded_fine_tune(planted.model, PRE, train, validation, [partial],
-                                 TuneSettings(epochs=10, spread=False), floor, score, teacher=planted.model).model
+                                 TuneSettings(epochs=10, spread=False, adversary_share=0.0), floor, score,
+                                 teacher=planted.model).model
     assert repaired is not None
     assert trigger_success(repaired, validation, PRE, [partial]) < 0.05  # the old estimate: nothing left
     assert clean_accuracy(repaired, planted.poisoned, PRE) > 0.3  # but the real trigger still works
@@ -41,6 +42,28 @@ def test_a_fresh_search_finds_what_unlearning_a_partial_trigger_left(planted):
     assert len(fresh) == 1 and fresh[0].target == 0 and float(fresh[0].mask.sum()) <= 4.0 + 1e-3
     assert fresh[0].attack_success > 0.3
     assert fresh[0].attack_success == trigger_success(repaired, validation, PRE, fresh)
+
+
+def test_the_moving_trigger_unlearns_what_the_partial_trigger_missed(planted):
+    """The same one-pixel partial trigger, now unlearned with the moving adversary beside it (its mask may cover the
+    four pixels of the patch): the real trigger stops working, which exact unlearning alone did not achieve."""
+    torch.set_num_threads(1)
+    train, validation = _parts(planted)
+    mask = np.zeros_like(planted.trigger.mask)
+    mask[-3, -3] = 1
+    partial = ReversedTrigger(0, mask, planted.trigger.pattern, 0.0)
+    floor = clean_accuracy(planted.model, validation, PRE) - 0.02
+
+    def score(model):
+        return clean_accuracy(model, validation, PRE), (0, -clean_accuracy(model, validation, PRE))
+
+    settings = TuneSettings(epochs=10, spread=False, adversary_share=0.2, adversary_budget=4.0)
+    repaired = guarded_fine_tune(planted.model, PRE, train, validation, [partial], settings, floor, score,
+                                 teacher=planted.model).model
+    assert repaired is not None
+    assert clean_accuracy(repaired, planted.poisoned, PRE) < 0.1
+    assert clean_accuracy(repaired, planted.evaluation, PRE) >= clean_accuracy(planted.model, planted.evaluation,
+                                                                               PRE) - 0.03
 
 
 def test_rounds_unlearn_a_trigger_found_again_and_the_estimate_is_about_the_model_handed_back(planted):

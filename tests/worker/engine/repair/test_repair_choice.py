@@ -14,7 +14,7 @@ from schemas.report import ScanReport, Verdict
 from schemas.scan import ScanOptions
 from worker.engine.preprocess import Preprocessing, model_input
 from worker.engine.repair.candidates import RepairData, build_candidates
-from worker.engine.repair.goodnet import GoodNet, export_goodnet_onnx, goodnet_labels
+from worker.engine.repair.goodnet import GoodNet, calibrate_confidence, export_goodnet_onnx, goodnet_labels
 from worker.engine.repair.layers import pruned_copy
 from worker.engine.repair.pipeline import run_repair
 from worker.engine.repair.sweep import SweepResult
@@ -101,6 +101,37 @@ def test_targets_rule_goodnet_flags_only_disagreements_from_a_suspected_target_a
     session = ort.InferenceSession(str(tmp_path / "goodnet.onnx"), providers=["CPUExecutionProvider"])
     scores, onnx_labels = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert np.array_equal(onnx_labels, labels) and np.array_equal(scores.argmax(1), labels)
+
+
+def test_a_confidence_floor_drops_unsure_alarms_is_calibrated_on_stamped_inputs_and_onnx_agrees(planted, tmp_path):
+    repaired = pruned_copy(planted.model, "/3/Conv", list(range(8)))
+    layout = planted.model.signature.input_layout
+    x = model_input(torch.cat([planted.evaluation.x, planted.poisoned.x]), PRE, layout)
+    with torch.no_grad():
+        probabilities = planted.model(x)
+        a, b = probabilities.argmax(1).numpy(), repaired(x).argmax(1).numpy()
+    sure = probabilities.max(1).values.numpy()
+    alarms = (a != b) & (a == 0)
+    floor = float(np.median(sure[alarms]))
+    goodnet = GoodNet(planted.model, repaired, targets=[0], confidence=floor)
+    labels = goodnet_labels(goodnet, x)
+    kept = alarms & (sure >= floor)
+    assert kept.any() and (alarms & ~kept).any(), "the floor must keep some alarms and drop others"
+    assert np.array_equal(labels, np.where(kept, 4, b))
+    export_goodnet_onnx(goodnet, tmp_path / "goodnet.onnx")
+    session = ort.InferenceSession(str(tmp_path / "goodnet.onnx"), providers=["CPUExecutionProvider"])
+    _, onnx_labels = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert np.array_equal(onnx_labels, labels)
+    # Calibrated on stamped inputs: the highest floor that still flags 99 % of what the rule flags among them.
+    stamped = model_input(planted.trigger.stamp_torch(planted.evaluation.x), PRE, layout)
+    plain = GoodNet(planted.model, repaired, targets=[0])
+    calibrated = calibrate_confidence(plain, stamped)
+    flagged = goodnet_labels(plain, stamped) == 4
+    assert flagged.sum() >= 20 and 0 < calibrated <= 0.99
+    with torch.no_grad():
+        stamped_sure = planted.model(stamped).max(1).values.numpy()
+    assert (stamped_sure[flagged] >= calibrated).mean() >= 0.99
+    assert calibrate_confidence(plain, model_input(planted.evaluation.x[:0], PRE, layout)) == 0.0
 
 
 def test_a_default_scan_finds_unlearns_and_wraps_the_planted_backdoor(planted, files, tmp_path):
