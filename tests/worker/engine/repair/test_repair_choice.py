@@ -151,3 +151,4 @@ def test_a_default_scan_finds_unlearns_and_wraps_the_planted_backdoor(planted, f
     assert goodnet.rule == "targets" and goodnet.targets == [0] and goodnet.name == chosen.name
     assert goodnet.detection_rate > 0.85 and goodnet.false_alarm_rate < 0.03
     assert goodnet.estimated_detection_rate is not None
+    assert goodnet.min_confidence is not None and 0 < goodnet.min_confidence <= 0.99  # calibrated, not left at 0
