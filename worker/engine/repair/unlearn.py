@@ -10,10 +10,11 @@ Three ideas, one loop (:func:`guarded_fine_tune`):
   unlearns it without knowing the target.
 - *A trigger that keeps moving* (after SAU, Wei et al. 2023, shared adversarial unlearning): a reversed trigger is
   often a partial copy of the real one, and unlearning exactly that copy leaves the rest working. So each reversed
-  trigger also seeds an adversary, a trigger towards the same target whose mask may cover no more than the
-  smallest reversed mask (:class:`~worker.engine.repair.bounded.BoundedTrigger`); every batch it takes one step
-  towards what still works on the model as it is being tuned, and a share of the batch is stamped with it at the
-  true labels. Searching again after the repair (:mod:`worker.engine.repair.recheck`) then checks what this missed.
+  trigger also seeds an adversary, a trigger towards the same target whose mask may cover no more than twice the
+  smallest reversed mask or 2 % of the image, whichever is larger
+  (:class:`~worker.engine.repair.bounded.BoundedTrigger`); every batch it takes one step towards what still works
+  on the model as it is being tuned, and a share of the batch is stamped with it at the true labels. Searching
+  again after the repair (:mod:`worker.engine.repair.recheck`) then checks what this missed.
 - *Pruned channels stay pruned*: after each step the pruned channels are zeroed again.
 
 Nothing is trusted blindly: the peak learning rate is *found* for the model (:func:`find_learning_rate`: a short
@@ -49,6 +50,9 @@ class TuneSettings:
     trigger_share: float = 0.3  # of each batch stamped with a reversed trigger (NC used 20 %)
     adversary_share: float = 0.3  # of each batch stamped with the moving trigger (needs reversed triggers)
     adversary_budget: float = 2.0  # its mask's L1, as a multiple of the smallest reversed trigger's
+    # ... but never less than this fraction of the image's pixels: a scattered trigger's reversed copy may cover 2-3
+    # of its 6-10 pixels, and twice that cannot reach the rest (2 % is the size of a typical patch trigger).
+    adversary_floor: float = 0.02
     adversarial_radius: float | None = None  # L2 radius of the universal perturbation, as a fraction of the image
     learning_rate: float | None = None  # None: found by find_learning_rate
     shift: int = 0  # pixels each batch may move (zero-filled); on 12 x 12 images 2 pixels pushed a corner trigger out
@@ -88,7 +92,8 @@ class Objective:
             settings.adversarial_radius * (self.high - self.low) * math.sqrt(h * w * c)
         self.adversaries: list[BoundedTrigger] = []
         if triggers and settings.adversary_share:
-            limit = max(settings.adversary_budget * min(float(t.mask.sum()) for t in triggers), 1.0)
+            limit = max(settings.adversary_budget * min(float(t.mask.sum()) for t in triggers),
+                        settings.adversary_floor * h * w, 1.0)
             generator = torch.Generator().manual_seed(settings.seed)
             self.adversaries = [BoundedTrigger.around(t, limit, value_range, device, generator) for t in triggers]
         self.turn = 0

@@ -1,6 +1,7 @@
 """The search for a trigger again after a repair, and the rounds that unlearn what it finds (tiny planted backdoor)."""
 
 import numpy as np
+import pytest
 import torch
 
 from schemas.scan import RepairOptions
@@ -9,7 +10,7 @@ from worker.engine.preprocess import Preprocessing
 from worker.engine.repair.candidates import Built, RepairData, recheck
 from worker.engine.repair.raw import clean_accuracy, trigger_success
 from worker.engine.repair.recheck import search_within_budget
-from worker.engine.repair.unlearn import TuneSettings, guarded_fine_tune
+from worker.engine.repair.unlearn import Objective, TuneSettings, guarded_fine_tune
 
 PRE = Preprocessing(255.0)
 
@@ -64,6 +65,24 @@ def test_the_moving_trigger_unlearns_what_the_partial_trigger_missed(planted):
     assert clean_accuracy(repaired, planted.poisoned, PRE) < 0.1
     assert clean_accuracy(repaired, planted.evaluation, PRE) >= clean_accuracy(planted.model, planted.evaluation,
                                                                                PRE) - 0.03
+
+
+def test_the_moving_trigger_may_always_cover_two_percent_of_the_image(planted):
+    """Twice a one-pixel reversed mask is 2 pixels; the floor lets the adversary cover 2 % of the 12 x 12 image."""
+    mask = np.zeros_like(planted.trigger.mask)
+    mask[-3, -3] = 1
+    partial = ReversedTrigger(0, mask, planted.trigger.pattern, 0.0)
+    x = planted.train.x
+    objective = Objective(planted.model, PRE, [partial], TuneSettings(), (float(x.min()), float(x.max())),
+                          tuple(x.shape[1:]))
+    assert [a.limit for a in objective.adversaries] == [pytest.approx(0.02 * 144)]
+    wide = Objective(planted.model, PRE, [partial], TuneSettings(adversary_budget=4.0), (0.0, 255.0),
+                     tuple(x.shape[1:]))
+    assert wide.adversaries[0].limit == pytest.approx(4.0)
+    x_batch, y_batch = wide.batch(x[:20], planted.train.y[:20], torch.Generator().manual_seed(0))
+    assert len(x_batch) == 20 and wide.stamped_rows == 6 + 6  # 30 % reversed stamps, 30 % moving stamps
+    moved = wide.adversaries[0].trigger()
+    assert float(moved.mask.sum()) <= 4.0 + 1e-3
 
 
 def test_rounds_unlearn_a_trigger_found_again_and_the_estimate_is_about_the_model_handed_back(planted):
