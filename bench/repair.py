@@ -6,6 +6,8 @@
 1. Default scans of MNIST BadNets: the project's (worker/demo/badnet.py, white 4x4 patch -> 0; seen while the
    repair settings were developed) and fresh ones of three architecture families x three trigger kinds
    (bench/repair_cases.py; seed 2 by default, never looked at while developing; seed 1 was the development set).
+   `--families` and `--kinds` name others: families no setting was chosen on (cnn3-stride, cnn1-bn, lenet-tanh)
+   and the held-out `line` trigger kind.
    Each row: the model before, the recommended repair and GoodNet after, with the real attack success (poisoned
    evaluation images, never shown to the scan's choices) beside the reversed-trigger estimate.
 2. The fixture oracle: the published lab3 order, pruned at 45 / 48 / 52 channels and written back,

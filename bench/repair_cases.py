@@ -1,12 +1,12 @@
 """Fresh MNIST BadNets of several architecture families and trigger kinds, for bench/repair.py, cached.
 
-Each case splits the 10,000 real t10k images three ways like the project's BadNet (worker/demo/badnet.py): 6,000
-for the attacker, who stamps 10 % of them and relabels them to one target (all-to-one), 2,000 clean images for the
-defender and 2,000 for evaluation. The families come from worker/zoo/architectures.py: max pooling (cnn2-max),
-average pooling with BatchNorm (cnn2-avg-bn), LeNet-5. Triggers: a random binary patch of 3-5 pixels anywhere
-(opaque, white), 6-10 white pixels scattered over the image (sparse), and a random noise image blended at alpha
-0.1-0.2. Everything follows from the case's seed; the model is exported to ONNX like an upload, and cached under
-``$BDSCREEN_CACHE/repair-badnets``.
+Each case splits the 10,000 real t10k images three ways like the project's BadNet (worker/demo/badnet.py): 6,000 for the
+attacker, who stamps 10 % of them and relabels them to one target (all-to-one), 2,000 clean images for the defender and
+2,000 for evaluation. The families come from worker/zoo/architectures.py: max pooling (cnn2-max), average pooling with
+BatchNorm (cnn2-avg-bn), LeNet-5. Triggers: a random binary patch of 3-5 pixels anywhere (opaque, white), 6-10 white
+pixels scattered over the image (sparse), and a random noise image blended at alpha 0.1-0.2; and, held out of every
+choice, a thin white bar of 6-10 pixels (line). Everything follows from the case's seed; the model is exported to ONNX
+like an upload, and cached under ``$BDSCREEN_CACHE/repair-badnets``.
 """
 
 import hashlib
@@ -26,6 +26,8 @@ from worker.zoo.zoo import cache_root
 
 FAMILIES = ("cnn2-max", "cnn2-avg-bn", "lenet5")
 KINDS = ("patch", "sparse", "blend")
+#: Never used while choosing a repair setting: for runs with the attack kind held out (``--kinds line``).
+HELD_OUT_KINDS = ("line",)
 
 
 def make_trigger(kind: str, rng: np.random.Generator, shape: tuple[int, int, int] = (28, 28, 1)) -> Trigger:
@@ -42,6 +44,13 @@ def make_trigger(kind: str, rng: np.random.Generator, shape: tuple[int, int, int
         idx = rng.choice(h * w, size=int(rng.integers(6, 11)), replace=False)
         alpha.flat[idx] = 1.0
         return Trigger(np.full(shape, 255.0, np.float32), 0, 0, alpha)
+    if kind == "line":  # a thin white bar, 6-10 pixels long, horizontal or vertical
+        length, across = int(rng.integers(6, 11)), bool(rng.integers(2))
+        size = (1, length) if across else (length, 1)
+        top, left = int(rng.integers(0, h - size[0] + 1)), int(rng.integers(0, w - size[1] + 1))
+        return Trigger(np.full((*size, c), 255.0, np.float32), top, left, 1.0)
+    if kind != "blend":
+        raise ValueError(f"unknown trigger kind {kind!r}")
     noise = rng.integers(0, 256, size=shape).astype(np.float32)
     return Trigger(noise, 0, 0, float(rng.uniform(0.1, 0.2)))
 

@@ -35,17 +35,17 @@ class BoundedTrigger:
 
     @classmethod
     def around(cls, old: ReversedTrigger, limit: float, value_range: tuple[float, float], device: torch.device,
-               generator: torch.Generator, elsewhere: bool = False) -> "BoundedTrigger":
-        """Starting from the reversed trigger ``old``; with ``elsewhere`` also from a uniform mask with a random
-        pattern (a second start, for a trigger the reversal did not see)."""
+               elsewhere: torch.Generator | None = None) -> "BoundedTrigger":
+        """Starting from the reversed trigger ``old``; with ``elsewhere`` also from a uniform mask with a pattern drawn
+        from that generator (a second start, for a trigger the reversal did not see)."""
         low, high = value_range
         mask = torch.as_tensor(old.mask, dtype=torch.float32)
         pattern = (torch.as_tensor(old.pattern, dtype=torch.float32) - low) / max(high - low, 1e-6)
         masks, patterns = [mask], [pattern]
-        if elsewhere:
+        if elsewhere is not None:
             h, w = mask.shape
             masks.append(torch.full((h, w), min(limit / (h * w), 0.5)))
-            patterns.append(torch.sigmoid(0.5 * torch.randn(pattern.shape, generator=generator)))
+            patterns.append(torch.sigmoid(0.5 * torch.randn(pattern.shape, generator=elsewhere)))
         return cls(torch.stack(masks), torch.stack(patterns), old.target, old.source, limit, value_range, device)
 
     @property
@@ -75,8 +75,9 @@ class BoundedTrigger:
             parameter.grad = grad
         self.optimiser.step()
 
-    def trigger(self, start: int = 0, attack_success: float = 0.0) -> ReversedTrigger:
+    def trigger(self, start: int = 0) -> ReversedTrigger:
+        """Start ``start`` as it stands, its attack success not yet measured (0)."""
         with torch.no_grad():
             mask, pattern = self.current()
         return ReversedTrigger(self.target, mask[start].cpu().numpy().astype(np.float32).copy(),
-                               pattern[start].cpu().numpy().astype(np.float32).copy(), attack_success, self.source)
+                               pattern[start].cpu().numpy().astype(np.float32).copy(), 0.0, self.source)

@@ -24,6 +24,10 @@ from worker.engine.canonical import CanonicalModel
 from worker.engine.formats.onnx_export import export_module
 
 
+def _probabilities(output: Tensor, softmaxed: bool) -> Tensor:
+    return output if softmaxed else torch.softmax(output, dim=1)
+
+
 class GoodNet(nn.Module):
     def __init__(self, original: CanonicalModel, repaired: CanonicalModel, targets: list[int] | None = None,
                  confidence: float = 0.0) -> None:
@@ -46,15 +50,20 @@ class GoodNet(nn.Module):
     def rule(self) -> str:
         return "targets" if self.targets else "disagree"
 
+    def disagreements(self, original: Tensor, predicted: Tensor) -> tuple[Tensor, Tensor]:
+        """From the original's output and the repaired model's answers: where the rule counts a disagreement before
+        the confidence floor, and the probability the original gives its own answer."""
+        first = original.argmax(1)
+        sure = _probabilities(original, self.original_gives_probabilities).max(1).values
+        return (first != predicted) & (self.suspect[first] > 0), sure
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         original, repaired = self.original(x), self.repaired(x)
         predicted = repaired.argmax(1)
-        first = original.argmax(1)
-        flagged = (first != predicted) & (self.suspect[first] > 0)
+        flagged, sure = self.disagreements(original, predicted)
         if self.confidence > 0:
-            sure = original if self.original_gives_probabilities else torch.softmax(original, dim=1)
-            flagged = flagged & (sure.max(1).values >= self.confidence)
-        probabilities = repaired if self.repaired_gives_probabilities else torch.softmax(repaired, dim=1)
+            flagged = flagged & (sure >= self.confidence)
+        probabilities = _probabilities(repaired, self.repaired_gives_probabilities)
         # Unflagged: the repaired model's probabilities and 0 for class N; flagged: probability 1 for class N.
         # The argmax of the scores is the label.
         weight = (~flagged).to(probabilities.dtype).unsqueeze(1)
@@ -94,20 +103,20 @@ def evaluate_goodnet(goodnet: GoodNet, clean_x: Tensor, clean_y: Tensor, poisone
 
 @torch.no_grad()
 def calibrate_confidence(goodnet: GoodNet, stamped: Tensor, keep: float = 0.99, cap: float = 0.99) -> float:
-    """The highest confidence floor under which the GoodNet still flags ``keep`` of the inputs it flags now among
-    ``stamped`` (clean decision inputs stamped with the reversed triggers, in the model's input form), never above
-    ``cap``: the real trigger may drive the original a little less surely than the reversed one; 0.0 (no floor) when
-    it flags none of them."""
+    """The highest confidence floor under which the GoodNet's rule still flags ``keep`` of the disagreements it counts
+    without a floor among ``stamped`` (clean decision inputs stamped with the reversed triggers, in the model's input
+    form), never above ``cap``: the real trigger may drive the original a little less surely than the reversed one;
+    0.0 (no floor) when it counts none of them. ``goodnet.confidence`` itself plays no part."""
     device = next(goodnet.parameters()).device
-    flagged, confidence = [], []
+    caught = []
     for s in range(0, len(stamped), 1024):
         x = stamped[s:s + 1024].to(device)
-        original = goodnet.original(x)
-        sure = original if goodnet.original_gives_probabilities else torch.softmax(original, dim=1)
-        flagged.append(goodnet(x)[1].cpu() == goodnet.num_classes)
-        confidence.append(sure.max(1).values.cpu())
-    caught = torch.cat(confidence)[torch.cat(flagged)] if flagged else torch.zeros(0)
-    return min(float(torch.quantile(caught.double(), 1 - keep, interpolation="lower")), cap) if len(caught) else 0.0
+        flagged, sure = goodnet.disagreements(goodnet.original(x), goodnet.repaired(x).argmax(1))
+        caught.append(sure[flagged].cpu())
+    confidences = torch.cat(caught) if caught else torch.zeros(0)
+    if not len(confidences):
+        return 0.0
+    return min(float(torch.quantile(confidences.double(), 1 - keep, interpolation="lower")), cap)
 
 
 def export_goodnet_onnx(goodnet: GoodNet, path: Path, opset: int = 17) -> None:

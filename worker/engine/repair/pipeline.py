@@ -224,7 +224,7 @@ def _goodnet(original: CanonicalModel, b: Built, recommended: bool, targets: lis
     goodnet = GoodNet(original, b.model, targets)
     if targets and triggers:  # the floor that keeps 99 % of the alarms on stamped decision inputs
         stamped = torch.cat([t.stamp_torch(data.validation.x[data.validation.y != t.target]) for t in triggers])
-        goodnet = GoodNet(original, b.model, targets, calibrate_confidence(goodnet, model_input(stamped, pre, layout)))
+        goodnet.confidence = calibrate_confidence(goodnet, model_input(stamped, pre, layout))
     clean_x = model_input(evaluation.x, pre, layout)
     metrics = evaluate_goodnet(goodnet, clean_x, evaluation.y, None if poisoned is None else
                                model_input(poisoned.x, pre, layout), None if poisoned is None else poisoned.y)

@@ -44,22 +44,21 @@ def search_within_budget(model: CanonicalModel, preprocessing: Preprocessing, da
         pick = data.y == old.source if old.source is not None else data.y != old.target
         if not bool(pick.any()):
             continue
-        mask, pattern = _search(model, preprocessing, data.x[pick], old, limit, steps, batch_size, seed + i)
-        trial = ReversedTrigger(old.target, mask, pattern, 0.0, old.source)
+        trial = _search(model, preprocessing, data.x[pick], old, limit, steps, batch_size, seed + i)
         found.append(replace(trial, attack_success=trigger_success(model, held_out, preprocessing, [trial]) or 0.0))
     return found
 
 
 def _search(model: CanonicalModel, preprocessing: Preprocessing, pool: torch.Tensor, old: ReversedTrigger,
-            limit: float, steps: int, batch_size: int, seed: int):
-    """Mask and pattern maximising the success towards ``old.target``, the mask scaled down to L1 <= ``limit``.
+            limit: float, steps: int, batch_size: int, seed: int) -> ReversedTrigger:
+    """The trigger maximising the success towards ``old.target`` (from ``old.source``), its mask scaled down to
+    L1 <= ``limit``; its ``attack_success`` is left at 0 for the caller to measure on held-out inputs.
 
     Two starts run together: the reversed trigger itself (what unlearning just targeted, so the search can walk
     from it to what still works) and a uniform mask with a random pattern (a trigger elsewhere)."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    search = BoundedTrigger.around(old, limit, (float(pool.min()), float(pool.max())), device, generator,
-                                   elsewhere=True)
+    search = BoundedTrigger.around(old, limit, (float(pool.min()), float(pool.max())), device, elsewhere=generator)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(search.optimiser, T_max=max(steps, 1))
     layout = model.signature.input_layout
 
@@ -73,5 +72,4 @@ def _search(model: CanonicalModel, preprocessing: Preprocessing, pool: torch.Ten
         x = pool[:PICK_IMAGES].to(device)
         hits = logits_of(search.stamp(x)).argmax(1) == old.target
         best = int(hits.reshape(search.starts, len(x)).float().mean(1).argmax())
-    found = search.trigger(best)
-    return found.mask, found.pattern
+    return search.trigger(best)

@@ -94,8 +94,7 @@ class Objective:
         if triggers and settings.adversary_share:
             limit = max(settings.adversary_budget * min(float(t.mask.sum()) for t in triggers),
                         settings.adversary_floor * h * w, 1.0)
-            generator = torch.Generator().manual_seed(settings.seed)
-            self.adversaries = [BoundedTrigger.around(t, limit, value_range, device, generator) for t in triggers]
+            self.adversaries = [BoundedTrigger.around(t, limit, value_range, device) for t in triggers]
         self.turn = 0
 
     def logits(self, x: Tensor, model: CanonicalModel | None = None) -> Tensor:

@@ -128,6 +128,7 @@ def test_a_confidence_floor_drops_unsure_alarms_is_calibrated_on_stamped_inputs_
     calibrated = calibrate_confidence(plain, stamped)
     flagged = goodnet_labels(plain, stamped) == 4
     assert flagged.sum() >= 20 and 0 < calibrated <= 0.99
+    assert calibrate_confidence(goodnet, stamped) == calibrated  # a floor already set plays no part
     with torch.no_grad():
         stamped_sure = planted.model(stamped).max(1).values.numpy()
     assert (stamped_sure[flagged] >= calibrated).mean() >= 0.99
