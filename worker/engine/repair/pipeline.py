@@ -157,8 +157,9 @@ def reverse_for_repair(model: CanonicalModel, preprocessing: Preprocessing, deci
                        ) -> tuple[list[ReversedTrigger], str, str | None]:
     """Reversed triggers when the scan's detectors handed none: the 'reverse' detector's search on the decision data
     when that detector is installed (issue 10a) and did not run yet; when it flags nothing, the repair's own quick
-    search, which always keeps the smallest trigger it finds (a repair needs something to unlearn, and the choice
-    rule decides whether unlearning it helped). Returns (triggers, who found them, a warning or None)."""
+    search, which always keeps the smallest trigger it finds and those close to it (a repair needs something to
+    unlearn, and the choice rule decides whether unlearning it helped). Returns (triggers, who found them, a warning
+    or None)."""
     def own() -> list[ReversedTrigger]:
         return search_triggers(model, preprocessing, train, validation, seed=seed)
 
