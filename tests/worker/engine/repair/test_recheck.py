@@ -1,5 +1,7 @@
 """The search for a trigger again after a repair, and the rounds that unlearn what it finds (tiny planted backdoor)."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -7,9 +9,10 @@ import torch
 from schemas.scan import RepairOptions
 from worker.engine.detect.trigger import ReversedTrigger
 from worker.engine.preprocess import Preprocessing
-from worker.engine.repair.candidates import Built, RepairData, recheck
+from worker.engine.repair.candidates import Built, RepairData, build_candidates, recheck
 from worker.engine.repair.raw import clean_accuracy, trigger_success
 from worker.engine.repair.recheck import search_within_budget
+from worker.engine.repair.sweep import SweepResult
 from worker.engine.repair.unlearn import Objective, TuneSettings, guarded_fine_tune
 
 PRE = Preprocessing(255.0)
@@ -106,3 +109,30 @@ def test_rounds_unlearn_a_trigger_found_again_and_the_estimate_is_about_the_mode
     assert on_final < 0.1
     # A search on the first model would have kept a trigger that works there; this one works far better on it.
     assert trigger_success(planted.model, validation, PRE, candidate.fresh) > on_final + 0.3
+
+
+def test_with_several_suspects_the_smallest_trigger_is_also_unlearned_alone(planted):
+    """Beside the planted trigger, a larger decoy towards an innocent class: ``unlearn`` shares its effort between
+    them, ``unlearn-smallest`` unlearns the planted one alone and still searches both suspects again. With one
+    reversed trigger there is no such candidate."""
+    torch.set_num_threads(1)
+    train, validation = _parts(planted)
+    data = RepairData(train, validation, PRE, planted.model)
+    mask = np.zeros_like(planted.trigger.mask)
+    mask[:3, :3] = 1
+    decoy = ReversedTrigger(1, mask, planted.trigger.pattern, 0.0)
+    sweep = SweepResult("", [], {"decision": [1.0]})  # no pruning threshold is reached: unlearning candidates only
+    opts = RepairOptions(fine_tune_epochs=3)
+
+    def stage(name):
+        return contextlib.nullcontext()
+
+    built = build_candidates(planted.model, "", sweep, data, [decoy, planted.trigger], opts, stage)
+    alone = next(b for b in built if b.name == "unlearn-smallest")
+    assert "unlearn" in [b.name for b in built]
+    assert alone.model is not None and alone.method == "unlearn"
+    assert clean_accuracy(alone.model, planted.poisoned, PRE) < 0.1  # the planted backdoor is gone
+    assert sorted(t.target for t in alone.fresh) == [0, 1]  # the search after repair covered both suspects
+    assert alone.estimated_attack_success is not None
+    single = build_candidates(planted.model, "", sweep, data, [planted.trigger], opts, stage)
+    assert "unlearn-smallest" not in [b.name for b in single]
