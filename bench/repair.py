@@ -105,7 +105,7 @@ def mnist_figures(seed: int, families: tuple[str, ...], kinds: tuple[str, ...]) 
           "repair the higher of that and 'fresh', a trigger searched for again on the repaired model; 'r' = unlearning "
           "rounds; 's' = the scan's seconds, 'cpu' its CPU seconds, 'rep' the repair's CPU seconds; "
           "'/works' = detection among the triggered inputs the attack works on; ok: R repair, G GoodNet (g: on those).")
-    print(f"{'model':<22} {'tgt':>3} {'clean':>6} {'ASR':>6} {'est':>6} | {'repair':<14} {'r':>1} {'clean':>6} "
+    print(f"{'model':<22} {'tgt':>3} {'clean':>6} {'ASR':>6} {'est':>6} | {'repair':<16} {'r':>1} {'clean':>6} "
           f"{'ASR':>6} {'est':>6} {'fresh':>6} | {'detect':>6} {'/works':>6} {'alarm':>6} {'est':>6} | {'ok':<5} "
           f"{'s':>4} {'cpu':>4} {'rep':>4}  trigger found (target, L1, by)")
     rows = []
@@ -115,7 +115,7 @@ def mnist_figures(seed: int, families: tuple[str, ...], kinds: tuple[str, ...]) 
         ok = ("R" if row["repair_ok"] else "-") + ("G" if row["goodnet_ok"] else "g" if row["goodnet_working_ok"]
                                                    else "-")
         print(f"{name:<22} {row['target']:>3} {pct(row['clean_before'])} {pct(row['asr_before'])} "
-              f"{pct(row['est_before'])} | {row['method']:<14} {row['rounds']:>1} {pct(row['clean_after'])} "
+              f"{pct(row['est_before'])} | {row['method']:<16} {row['rounds']:>1} {pct(row['clean_after'])} "
               f"{pct(row['asr_after'])} {pct(row['est_after'])} {pct(row['fresh_after'])} | {pct(row['detection'])} "
               f"{pct(row['detection_working'])} "
               f"{pct(row['false_alarm'])} "
