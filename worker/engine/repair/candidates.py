@@ -41,7 +41,9 @@ ADVERSARIAL_RADIUS = 0.08
 #: validation inputs to a suspected target; each round is shorter than the first (it starts from a repaired model).
 RECHECK_ROUNDS = 3
 RECHECK_EPOCHS = 5
-RESIDUAL = 0.01
+#: Half the 1 % goal: the fresh search sees less of a residue than the real trigger does (chosen on the development
+#: set: 1 % met the repair goal on 9/10 with 7/10 GoodNets on working inputs, 0.5 % on 9/10 with 8/10).
+RESIDUAL = 0.005
 
 
 @dataclass
