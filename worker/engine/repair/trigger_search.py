@@ -12,6 +12,8 @@ was 11.7 pixels, another class's 10.5; unlearning only that one left 49 % attack
 class's trigger as well costs little, and the choice rule still decides whether the repair helped.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,8 +40,7 @@ def search_triggers(model: CanonicalModel, preprocessing: Preprocessing, data: R
     triggers = []
     for k in suspected_targets(sizes):
         trial = ReversedTrigger(target=k, mask=masks[k], pattern=patterns[k], attack_success=0.0)
-        success = trigger_success(model, held_out, preprocessing, [trial]) or 0.0
-        triggers.append(ReversedTrigger(target=k, mask=masks[k], pattern=patterns[k], attack_success=success))
+        triggers.append(replace(trial, attack_success=trigger_success(model, held_out, preprocessing, [trial]) or 0.0))
     return triggers
 
 
@@ -54,19 +55,6 @@ def suspected_targets(sizes) -> list[int]:
     index = (np.median(logs) - logs) / spread
     close = np.flatnonzero(logs <= logs.min() + np.log(RUNNER_UP))
     return sorted({found[i] for i in np.flatnonzero(index > ANOMALY)} | {found[i] for i in close})
-
-
-def search_targets(model: CanonicalModel, preprocessing: Preprocessing, data: RawSet, held_out: RawSet,
-                   targets: list[int], steps: int = 200, batch_size: int = 24, seed: int = 0) -> list[ReversedTrigger]:
-    """A fresh trigger for each of ``targets`` (none where no working mask was found), with its held-out success."""
-    masks, patterns, sizes = _optimise(model, preprocessing, data, targets, steps, batch_size, seed)
-    found = []
-    for i, target in enumerate(targets):
-        if np.isfinite(sizes[i]):
-            trial = ReversedTrigger(target=target, mask=masks[i], pattern=patterns[i], attack_success=0.0)
-            success = trigger_success(model, held_out, preprocessing, [trial]) or 0.0
-            found.append(ReversedTrigger(target=target, mask=masks[i], pattern=patterns[i], attack_success=success))
-    return found
 
 
 def _optimise(model, preprocessing, data, targets, steps, batch_size, seed):

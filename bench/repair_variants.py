@@ -1,0 +1,130 @@
+"""The development harness behind the repair's settings: the repair alone, rerun on triggers cached from one detection.
+
+    .venv/bin/python -m bench.repair_variants [--seed 1] [--families ...] [--kinds ...]
+
+A default scan spends most of its time detecting; the repair's settings only change what comes after. So each BadNet
+of bench/repair_cases.py (and the project's) is detected once, its reversed triggers cached as NPZ under
+``$BDSCREEN_CACHE/repair-triggers/<hash of the detectors' code>``, and every run after that only repairs (about 2
+minutes for the 10 development BadNets). To compare a setting, change it in the tree and run this again. Seed 1 is
+the development set: choose settings here and nowhere else, then measure them with bench/repair.py on seeds and
+families that chose nothing.
+
+Per row: the original's and the recommended repair's clean accuracy on the 2,000 evaluation images, the repair's
+validation accuracy ('val', what the choice saw), the real attack success, the GoodNet's detection and false alarms,
+ok (R repair goal, G GoodNet goal on the inputs the attack works on). Last: how much the validation part understates
+the clean-accuracy drop of every built candidate (negative: the choice sees a smaller drop than there is).
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import FIXTURES
+from bench.detect import detectors_key
+from bench.repair_cases import DEV_SEED, FAMILIES, KINDS, CaseSpec, build_case
+from schemas.scan import ScanOptions
+from worker.demo.badnet import mnist_badnet
+from worker.engine.canonical import default_device
+from worker.engine.data import read_dataset
+from worker.engine.detect import DetectionContext
+from worker.engine.detect.trigger import ReversedTrigger
+from worker.engine.formats import read_model
+from worker.engine.repair.pipeline import VALIDATION_FRACTION, load_raw, run_repair, split
+from worker.engine.repair.raw import clean_accuracy
+from worker.engine.scan import ScanInputs, preprocessing_of, run_detectors
+from worker.engine.stages import Stages
+from worker.zoo.zoo import cache_root
+
+OPTIONS = ScanOptions.model_validate({"preprocessing": {"divide_by": 255}})
+
+
+def cached_triggers(folder: Path, model, inputs: ScanInputs) -> list[ReversedTrigger]:
+    """The scan's detectors' reversed triggers for this BadNet, detected once and then read from NPZ."""
+    path = cache_root() / "repair-triggers" / detectors_key() / f"{folder.name}.npz"
+    if path.is_file():
+        with np.load(path) as saved:
+            return [ReversedTrigger(int(t), m, p, float(a), None if s < 0 else int(s))
+                    for t, m, p, a, s in zip(saved["target"], saved["mask"], saved["pattern"], saved["success"],
+                                             saved["source"], strict=True)]
+    context = DetectionContext(model=model, preprocessing=preprocessing_of(OPTIONS),
+                               clean=read_dataset(inputs.clean_data, model.signature), device=default_device(),
+                               out_dir=Path(tempfile.mkdtemp()), seed=OPTIONS.repair.seed)
+    run_detectors(OPTIONS.detectors, context)
+    triggers = context.triggers
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, target=np.array([t.target for t in triggers], np.int64),
+             mask=np.stack([t.mask for t in triggers]) if triggers else np.zeros(0, np.float32),
+             pattern=np.stack([t.pattern for t in triggers]) if triggers else np.zeros(0, np.float32),
+             success=np.array([t.attack_success for t in triggers], np.float64),
+             source=np.array([-1 if t.source is None else t.source for t in triggers], np.int64))
+    return triggers
+
+
+def repair_row(name: str, folder: Path, onnx: Path) -> dict:
+    inputs = ScanInputs(onnx, clean_data=folder / "clean.npz", eval_data=folder / "eval.npz",
+                        poisoned_data=folder / "poisoned.npz")
+    model = read_model(onnx, None)
+    preprocessing = preprocessing_of(OPTIONS)
+    triggers = cached_triggers(folder, model, inputs)
+    with tempfile.TemporaryDirectory() as tmp:
+        report, goodnets = run_repair(model, inputs, OPTIONS, preprocessing, Path(tmp), Stages(None),
+                                      triggers=triggers, detector_ran=True)
+    # The same validation part the pipeline split off (eval data given: the decision data is all the clean data).
+    _, validation = split(load_raw(inputs.clean_data, model, "clean data"), VALIDATION_FRACTION,
+                          OPTIONS.repair.seed + 1, "decision data")
+    base = report.baseline
+    original_validation = clean_accuracy(model, validation, preprocessing)
+    chosen = next((m for m in report.models if m.recommended), None)
+    goodnet = next((g for g in goodnets if g.recommended), None)
+    # Validation drop minus evaluation drop, for every built candidate.
+    gaps = [(original_validation - m.decision_accuracy) - (base.clean_accuracy - m.clean_accuracy)
+            for m in report.models if m.fine_tuned and m.decision_accuracy is not None and m.clean_accuracy is not None]
+    row = {"name": name, "clean_before": base.clean_accuracy, "asr_before": base.attack_success_rate,
+           "method": chosen.name if chosen else "NOTHING", "val": chosen.decision_accuracy if chosen else None,
+           "clean": chosen.clean_accuracy if chosen else None, "asr": chosen.attack_success_rate if chosen else None,
+           "detection": goodnet.detection_rate if goodnet else None,
+           "alarm": goodnet.false_alarm_rate if goodnet else None, "gaps": gaps}
+    row["R"] = bool(chosen and row["asr"] <= 0.01 and row["clean"] >= row["clean_before"] - 0.01)
+    row["G"] = bool(goodnet and row["detection"] / row["asr_before"] >= 0.99 and row["alarm"] <= 0.01)
+    return row
+
+
+def pct(value: float | None) -> str:
+    return "   -  " if value is None else f"{value * 100:6.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=DEV_SEED)
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    case = mnist_badnet(FIXTURES)
+    cases = [("project BadNet", case.model.parent, case.model)]
+    for family in args.families.split(","):
+        for kind in args.kinds.split(","):
+            folder = Path(build_case(FIXTURES, CaseSpec(family, kind, args.seed))["folder"])
+            cases.append((f"{family} {kind}", folder, folder / "badnet.onnx"))
+    print(f"Repair only, on cached triggers; seed {args.seed}"
+          f"{' (THE DEVELOPMENT SEED)' if args.seed == DEV_SEED else ' (held out: choose nothing on it)'}; in %.")
+    print(f"{'model':<22} {'clean':>6} {'ASR':>6} | {'repair':<16} {'val':>6} {'clean':>6} {'ASR':>6} | "
+          f"{'detect':>6} {'alarm':>6} | ok")
+    rows = []
+    for name, folder, onnx in cases:
+        row = repair_row(name, folder, onnx)
+        rows.append(row)
+        print(f"{name:<22} {pct(row['clean_before'])} {pct(row['asr_before'])} | {row['method']:<16} "
+              f"{pct(row['val'])} {pct(row['clean'])} {pct(row['asr'])} | {pct(row['detection'])} "
+              f"{pct(row['alarm'])} | {'R' if row['R'] else '-'}{'G' if row['G'] else '-'}", flush=True)
+    gaps = [g for row in rows for g in row["gaps"]]
+    print(f"repair goal {sum(r['R'] for r in rows)}/{len(rows)}, GoodNet goal on working inputs "
+          f"{sum(r['G'] for r in rows)}/{len(rows)}; validation minus evaluation clean-accuracy drop over "
+          f"{len(gaps)} candidates: {np.mean(gaps) * 100:+.2f} points" if gaps else "no candidate was built")
+
+
+if __name__ == "__main__":
+    main()
