@@ -87,6 +87,9 @@ class RepairedModel(Metrics):
     kept_epoch: int | None = Field(default=None, description="The fine-tuned epoch handed back.")
     rejected_epochs: list[int] = Field(default_factory=list,
                                        description="Epochs below the held-out accuracy floor (the guard).")
+    failed_learning_rates: list[float] = Field(
+        default_factory=list, description="Rates tried before learning_rate: no epoch of theirs passed the guard, so "
+                                          "the next lower rate was tried.")
     decision_accuracy: float | None = Field(default=None, description="Clean accuracy on the validation part of the "
                                                                       "decision data: what the choice saw.")
     decision_estimated_attack_success_rate: float | None = Field(

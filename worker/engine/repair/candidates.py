@@ -57,6 +57,7 @@ class Built(Candidate):
     shares_repair_with: str | None = None
     fine_tuned: bool = False
     learning_rate: float | None = None
+    failed_learning_rates: list[float] = field(default_factory=list)
     epochs: int | None = None
     kept_epoch: int | None = None
     rejected_epochs: list[int] = field(default_factory=list)
@@ -95,6 +96,7 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
                                channels_pruned=k, pruned=first.pruned, shares_repair_with=first.name,
                                warning=first.warning, fine_tuned=first.fine_tuned, epochs=first.epochs,
                                learning_rate=first.learning_rate, kept_epoch=first.kept_epoch, fresh=first.fresh,
+                               failed_learning_rates=first.failed_learning_rates,
                                rounds=first.rounds))
             continue
         with stage(name):
@@ -202,6 +204,7 @@ def _tune(candidate: Built, start: CanonicalModel, data: RepairData, triggers: l
                                score, layer, candidate.pruned, teacher=data.original)
     candidate.model, candidate.warning = result.model, result.warning
     candidate.fine_tuned, candidate.learning_rate, candidate.epochs = True, result.learning_rate, settings.epochs
+    candidate.failed_learning_rates = result.failed_rates
     candidate.rounds = 1
     candidate.kept_epoch, candidate.rejected_epochs = result.kept_epoch, result.rejected_epochs
     if result.warning:

@@ -19,8 +19,8 @@ Three ideas, one loop (:func:`guarded_fine_tune`):
 
 Nothing is trusted blindly: the peak learning rate is *found* for the model (:func:`find_learning_rate`: a short
 trial of each rate on a grid from the same start, the one with the lowest held-out objective wins), every epoch
-is checked against a floor of held-out clean accuracy (the guard), and a run in which no epoch passes hands back
-nothing but a warning.
+is checked against a floor of held-out clean accuracy (the guard); a found rate whose run has no epoch that passes
+is retried at the next lower rates of the grid, and when none passes, the fine-tuning hands back nothing but a warning.
 """
 
 import copy
@@ -41,6 +41,8 @@ from worker.engine.repair.raw import RawSet, stamp_batch
 
 LEARNING_RATES = (3e-4, 1e-3, 3e-3, 1e-2)
 TRIAL_STEPS = 15
+#: Lower rates a found rate's failed fine-tuning may fall back to (each a full run: the bound keeps the budget).
+RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class TuneResult:
     kept_epoch: int | None
     validation_accuracy: list[float] = field(default_factory=list)
     rejected_epochs: list[int] = field(default_factory=list)
+    failed_rates: list[float] = field(default_factory=list)  # tried first; no epoch passed the guard
     warning: str | None = None
 
 
@@ -226,6 +229,32 @@ def guarded_fine_tune(model: CanonicalModel, preprocessing: Preprocessing, train
     rate = settings.learning_rate
     if rate is None:
         rate, _ = find_learning_rate(model, make_objective, layer, pruned, train, validation, settings.seed)
+        # A short trial can favour a rate that unlearns fastest and then costs the guard's accuracy: before giving
+        # up, a found rate gets the next lower rates of the grid (a rate the user set gets no second try).
+        lower = sorted((r for r in LEARNING_RATES if r < rate), reverse=True)[:RETRIES]
+    else:
+        lower = []
+    failed: list[float] = []
+    for attempt in [rate, *lower]:
+        result, best, tuned = _tune_at(model, make_objective, attempt, layer, pruned, train, settings, floor, score)
+        if best is not None:
+            break
+        failed.append(attempt)
+    result.failed_rates = failed
+    if best is None:
+        result.warning = (f"fine-tuning failed at learning rate {', '.join(f'{r:g}' for r in failed)}: no epoch of "
+                          f"{settings.epochs} reached the floor of {floor:.2%} held-out clean accuracy (best "
+                          f"{max(result.validation_accuracy):.2%}); this repair is not offered")
+        return result
+    tuned.load_state_dict(best[2])
+    result.model, result.kept_epoch = tuned.requires_grad_(False), best[1]
+    return result
+
+
+def _tune_at(model: CanonicalModel, make_objective, rate: float, layer: str | None, pruned: list[int],
+             train: RawSet, settings: TuneSettings, floor: float,
+             score) -> tuple[TuneResult, tuple | None, CanonicalModel]:
+    """One guarded run at ``rate``: its result, the best passing epoch (key, epoch, weights) or None, the model."""
     tuned = copy.deepcopy(model).requires_grad_(True)
     objective = make_objective(tuned)
     steps_per_epoch = -(-len(train) // settings.batch_size)
@@ -243,11 +272,4 @@ def guarded_fine_tune(model: CanonicalModel, preprocessing: Preprocessing, train
 
     _run(tuned, objective, layer, pruned, train, rate, settings.epochs * steps_per_epoch,
          torch.Generator().manual_seed(settings.seed), on_epoch, steps_per_epoch)
-    if best is None:
-        result.warning = (f"fine-tuning at learning rate {rate:g} failed: no epoch of {settings.epochs} reached the "
-                          f"floor of {floor:.2%} held-out clean accuracy (best {max(result.validation_accuracy):.2%});"
-                          " this repair is not offered")
-        return result
-    tuned.load_state_dict(best[2])
-    result.model, result.kept_epoch = tuned.requires_grad_(False), best[1]
-    return result
+    return result, best, tuned

@@ -39,3 +39,24 @@ def test_a_diverging_fine_tuning_is_rejected_with_a_warning(planted):
     assert result.model is None and result.kept_epoch is None
     assert result.rejected_epochs == [1, 2]
     assert "failed" in result.warning and "not offered" in result.warning
+
+
+def test_a_found_rate_that_fails_the_guard_is_retried_lower(planted):
+    """The guard here rejects any model whose weights moved more than 0.05 from the start: on this model, three
+    epochs at the rate the trials find (1e-2) move them 0.07-0.10, at 3e-3 0.02-0.04."""
+    torch.set_num_threads(1)
+    train, validation = planted.train.part(torch.arange(450)), planted.train.part(torch.arange(450, 600))
+    start = [p.detach().clone() for p in planted.model.parameters()]
+
+    def score(model):
+        moved = max(float((p.detach() - s).abs().max()) for p, s in zip(model.parameters(), start, strict=True))
+        return (clean_accuracy(model, validation, PRE) if moved <= 0.05 else 0.0), (0,)
+
+    result = guarded_fine_tune(planted.model, PRE, train, validation, [planted.trigger], TuneSettings(epochs=3), 0.5,
+                               score)
+    assert result.failed_rates == [1e-2]
+    assert result.learning_rate == 3e-3 and result.model is not None and result.warning is None
+    fixed = guarded_fine_tune(planted.model, PRE, train, validation, [planted.trigger],
+                              TuneSettings(epochs=3, learning_rate=1e-2), 0.5, score)
+    assert fixed.model is None and fixed.failed_rates == [1e-2]  # a rate the user set gets no second try
+    assert "failed at learning rate 0.01" in fixed.warning
