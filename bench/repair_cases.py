@@ -24,8 +24,10 @@ from worker.zoo.architectures import seeded_family
 from worker.zoo.attacks import Poisoning, Trigger
 from worker.zoo.zoo import cache_root
 
-#: The seed the repair settings were developed on (with the project's BadNet); every other seed is held out.
-DEV_SEED = 1
+#: The seeds the repair settings are developed on (with the project's BadNet), only ever with FAMILIES and KINDS;
+#: every other seed, family and kind is held out. Seed 11 joined at stop 18: seed 1 alone met the goal on 9 of 10
+#: rows and could no longer tell two settings apart.
+DEV_SEEDS = (1, 11)
 FAMILIES = ("cnn2-max", "cnn2-avg-bn", "lenet5")
 KINDS = ("patch", "sparse", "blend")
 #: Never used while choosing a repair setting: for runs with the attack kind held out (``--kinds line``).

@@ -1,18 +1,20 @@
 """The development harness behind the repair's settings: the repair alone, rerun on triggers cached from one detection.
 
-    .venv/bin/python -m bench.repair_variants [--seed 1] [--families ...] [--kinds ...]
+    .venv/bin/python -m bench.repair_variants [--seeds 1,11] [--families ...] [--kinds ...] [--candidates]
 
 A default scan spends most of its time detecting; the repair's settings only change what comes after. So each BadNet
 of bench/repair_cases.py (and the project's) is detected once, its reversed triggers cached as NPZ under
 ``$BDSCREEN_CACHE/repair-triggers/<hash of the detectors' code>``, and every run after that only repairs (about 2
-minutes for the 10 development BadNets). To compare a setting, change it in the tree and run this again. Seed 1 is
-the development set: choose settings here and nowhere else, then measure them with bench/repair.py on seeds and
-families that chose nothing.
+minutes per 10 BadNets). To compare a setting, change it in the tree and run this again. Seeds 1 and 11 (DEV_SEEDS)
+with the development families and kinds are the development set: choose settings here and nowhere else, then measure
+them on seeds, families and kinds that chose nothing.
 
 Per row: the original's and the recommended repair's clean accuracy on the 2,000 evaluation images, the repair's
 validation accuracy ('val', what the choice saw), the real attack success, the GoodNet's detection and false alarms,
-ok (R repair goal, G GoodNet goal on the inputs the attack works on). Last: how much the validation part understates
-the clean-accuracy drop of every built candidate (negative: the choice sees a smaller drop than there is).
+ok (R repair goal, G GoodNet goal on the inputs the attack works on); with ``--candidates`` also every repair built
+(learning rate, kept epoch, validation and evaluation accuracy, attack success, estimate; * the recommended one).
+Last: how much the validation part understates the clean-accuracy drop of every built candidate (negative: the
+choice sees a smaller drop than there is).
 """
 
 import argparse
@@ -24,7 +26,7 @@ import torch
 
 from bench import FIXTURES
 from bench.detect import detectors_key
-from bench.repair_cases import DEV_SEED, FAMILIES, KINDS, CaseSpec, build_case
+from bench.repair_cases import DEV_SEEDS, FAMILIES, KINDS, CaseSpec, build_case
 from schemas.scan import ScanOptions
 from worker.demo.badnet import mnist_badnet
 from worker.engine.canonical import default_device
@@ -86,7 +88,8 @@ def repair_row(name: str, folder: Path, onnx: Path) -> dict:
            "method": chosen.name if chosen else "NOTHING", "val": chosen.decision_accuracy if chosen else None,
            "clean": chosen.clean_accuracy if chosen else None, "asr": chosen.attack_success_rate if chosen else None,
            "detection": goodnet.detection_rate if goodnet else None,
-           "alarm": goodnet.false_alarm_rate if goodnet else None, "gaps": gaps}
+           "alarm": goodnet.false_alarm_rate if goodnet else None, "gaps": gaps,
+           "candidates": [m for m in report.models if not m.shares_repair_with]}
     row["R"] = bool(chosen and row["asr"] <= 0.01 and row["clean"] >= row["clean_before"] - 0.01)
     row["G"] = bool(goodnet and row["detection"] / row["asr_before"] >= 0.99 and row["alarm"] <= 0.01)
     return row
@@ -98,19 +101,24 @@ def pct(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seed", type=int, default=DEV_SEED)
+    parser.add_argument("--seeds", default=",".join(map(str, DEV_SEEDS)))
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--candidates", action="store_true", help="print every repair built, not only the chosen")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
     case = mnist_badnet(FIXTURES)
     cases = [("project BadNet", case.model.parent, case.model)]
-    for family in args.families.split(","):
-        for kind in args.kinds.split(","):
-            folder = Path(build_case(FIXTURES, CaseSpec(family, kind, args.seed))["folder"])
-            cases.append((f"{family} {kind}", folder, folder / "badnet.onnx"))
-    print(f"Repair only, on cached triggers; seed {args.seed}"
-          f"{' (THE DEVELOPMENT SEED)' if args.seed == DEV_SEED else ' (held out: choose nothing on it)'}; in %.")
+    for seed in seeds:
+        for family in args.families.split(","):
+            for kind in args.kinds.split(","):
+                folder = Path(build_case(FIXTURES, CaseSpec(family, kind, seed))["folder"])
+                cases.append((f"{family} {kind} s{seed}", folder, folder / "badnet.onnx"))
+    development = all(s in DEV_SEEDS for s in seeds) and set(args.families.split(",")) <= set(FAMILIES) \
+        and set(args.kinds.split(",")) <= set(KINDS)
+    print(f"Repair only, on cached triggers; seeds {args.seeds}"
+          f"{' (DEVELOPMENT)' if development else ' (held out: choose nothing on it)'}; in %.")
     print(f"{'model':<22} {'clean':>6} {'ASR':>6} | {'repair':<16} {'val':>6} {'clean':>6} {'ASR':>6} | "
           f"{'detect':>6} {'alarm':>6} | ok")
     rows = []
@@ -120,10 +128,17 @@ def main() -> None:
         print(f"{name:<22} {pct(row['clean_before'])} {pct(row['asr_before'])} | {row['method']:<16} "
               f"{pct(row['val'])} {pct(row['clean'])} {pct(row['asr'])} | {pct(row['detection'])} "
               f"{pct(row['alarm'])} | {'R' if row['R'] else '-'}{'G' if row['G'] else '-'}", flush=True)
+        for m in row["candidates"] if args.candidates else []:
+            print(f"    {m.name:<18} lr {m.learning_rate or 0:<6g} epoch {m.kept_epoch or '-':<2} val "
+                  f"{pct(m.decision_accuracy)} clean {pct(m.clean_accuracy)} ASR {pct(m.attack_success_rate)} est "
+                  f"{pct(m.decision_estimated_attack_success_rate)} {'*' if m.recommended else ''}", flush=True)
     gaps = [g for row in rows for g in row["gaps"]]
-    print(f"repair goal {sum(r['R'] for r in rows)}/{len(rows)}, GoodNet goal on working inputs "
-          f"{sum(r['G'] for r in rows)}/{len(rows)}; validation minus evaluation clean-accuracy drop over "
-          f"{len(gaps)} candidates: {np.mean(gaps) * 100:+.2f} points" if gaps else "no candidate was built")
+    fresh = rows[1:]  # the project's BadNet is always development
+    print(f"repair goal {sum(r['R'] for r in rows)}/{len(rows)} ({sum(r['R'] for r in fresh)}/{len(fresh)} fresh "
+          f"BadNets), GoodNet goal on working inputs {sum(r['G'] for r in rows)}/{len(rows)} "
+          f"({sum(r['G'] for r in fresh)}/{len(fresh)})")
+    print(f"validation minus evaluation clean-accuracy drop over {len(gaps)} candidates: {np.mean(gaps) * 100:+.2f} "
+          "points" if gaps else "no candidate was built")
 
 
 if __name__ == "__main__":
