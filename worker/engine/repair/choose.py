@@ -5,9 +5,10 @@ clean accuracy, and the estimated attack success, the share of those inputs that
 trigger searched for again on the candidate itself (:mod:`worker.engine.repair.recheck`), send to their targets,
 whichever is higher: a repair that leaves a working trigger does not look clean. A candidate is eligible when its
 fine-tuning did not fail, its accuracy is within ``max_drop`` points of the original model's on the same inputs,
-and it at least halves the original's estimated attack success. Among the eligible, the lowest estimate wins (in
-whole percentage points: finer differences are noise on a few hundred inputs), then the higher accuracy, then the
-simpler method (listed order). When no
+and it at least halves the original's estimated attack success. Among the eligible, the lowest estimate wins, then
+the higher accuracy, then the simpler method (listed order). (Estimates were compared in whole percentage points
+until stop 18; on the 19 development BadNets of seeds 1 and 11, replaying the choice on every built candidate, exact
+estimates met the repair goal on 16 rows, whole points on 14.) When no
 reversed trigger is known the estimate is unavailable, and only label-agnostic candidates can be recommended.
 When nothing is eligible the report says so and no repair is recommended.
 """
@@ -60,8 +61,7 @@ def choose(candidates: list[Candidate], original_accuracy: float, original_estim
 
     def key(i: int) -> tuple:
         c = candidates[i]
-        estimate = round((c.estimated_attack_success or 0.0) * 100)
-        return estimate, -c.decision_accuracy, i
+        return c.estimated_attack_success or 0.0, -c.decision_accuracy, i
 
     best = min(eligible, key=key)
     c = candidates[best]

@@ -13,8 +13,11 @@ def test_lowest_estimate_within_the_budget_wins_then_accuracy():
     candidates = [candidate("drop2", 0.97, 0.90), candidate("unlearn", 0.985, 0.02),
                   candidate("drop2-unlearn", 0.99, 0.024), candidate("harsh", 0.95, 0.0)]
     choice = choose(candidates, original_accuracy=0.99, original_estimate=0.9, max_drop=1.0)
-    assert candidates[choice.index].name == "drop2-unlearn"  # 2 % ties 2 % in whole points; higher accuracy wins
+    assert candidates[choice.index].name == "unlearn"  # the lower estimate, within the budget
     assert "harsh" in choice.reason and "more than 1 points below" in choice.reason
+    candidates[2].estimated_attack_success = 0.02
+    tied = choose(candidates, original_accuracy=0.99, original_estimate=0.9, max_drop=1.0)
+    assert candidates[tied.index].name == "drop2-unlearn"  # equal estimates: the higher accuracy
 
 
 def test_a_repair_that_does_not_reduce_the_reversed_trigger_is_never_recommended():
