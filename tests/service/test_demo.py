@@ -75,4 +75,4 @@ def test_the_demo_stops_its_service_on_sigterm_and_sigint(fixtures, tmp_path, si
     demo.wait(timeout=90)
     assert not processes_with_storage(out / "service")  # serve and every worker it started are gone
     curl = next(line for line in lines if line.startswith("curl "))
-    assert "model=@" + str(fixtures) in curl and "'options={\"detectors\": []}'" in curl
+    assert "model=@" + str(fixtures.resolve()) in curl and "'options={\"detectors\": []}'" in curl
