@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from bench import FIXTURES
-from bench.repair_cases import DEV_SEEDS, FAMILIES, KINDS, CaseSpec, build_case
+from bench.repair_cases import DEV_SEEDS, FAMILIES, KINDS, CaseSpec, build_case, is_development
 from schemas.scan import ScanOptions
 from worker.demo.badnet import mnist_badnet
 from worker.engine.formats import read_model
@@ -96,9 +96,12 @@ def mnist_figures(seed: int, families: tuple[str, ...], kinds: tuple[str, ...]) 
         for kind in kinds:
             meta = build_case(FIXTURES, CaseSpec(family, kind, seed))
             folder = Path(meta["folder"])
-            cases.append((f"{family} {kind}", folder, folder / "badnet.onnx", meta, seed not in DEV_SEEDS))
+            cases.append((f"{family} {kind}", folder, folder / "badnet.onnx", meta,
+                          not is_development(seed, family, kind)))
+    which = "held out: no setting was chosen on them" if any(c[-1] for c in cases) else "DEVELOPMENT: settings were " \
+        "chosen on them"
     print(f"Default scans (repair method auto, GoodNet rule targets) of MNIST BadNets; fresh BadNets from seed {seed}"
-          f" ({'held out: no setting was chosen on them' if seed not in DEV_SEEDS else 'A DEVELOPMENT SEED'}). Figures "
+          f" ({which}). Figures "
           "in % on 2,000 evaluation images; 'est' = the reversed trigger's success on them (no poisoned data), after "
           "repair the higher of that and 'fresh', a trigger searched for again on the repaired model; 'r' = unlearning "
           "rounds; 's' = the scan's seconds, 'cpu' its CPU seconds, 'rep' the repair's CPU seconds; "

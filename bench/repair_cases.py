@@ -59,6 +59,11 @@ def make_trigger(kind: str, rng: np.random.Generator, shape: tuple[int, int, int
     return Trigger(noise, 0, 0, float(rng.uniform(0.1, 0.2)))
 
 
+def is_development(seed: int, family: str, kind: str) -> bool:
+    """Whether a case may choose settings: a development seed with a development family and kind."""
+    return seed in DEV_SEEDS and family in FAMILIES and kind in KINDS
+
+
 class Softmaxed(torch.nn.Module):
     """A zoo family's logits network with the softmax an uploaded classifier ends in."""
 

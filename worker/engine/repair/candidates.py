@@ -147,6 +147,13 @@ def build_candidates(model: CanonicalModel, layer: str, sweep: SweepResult, data
     return built
 
 
+def retry_notes(built: list[Built]) -> list[str]:
+    """The report's word on every candidate kept at a lower learning rate after the found one failed the guard."""
+    return [f"{b.name}: fine-tuning failed the guard at learning rate "
+            f"{', '.join(f'{r:g}' for r in b.failed_learning_rates)}; the run at {b.learning_rate:g} is kept"
+            for b in built if b.failed_learning_rates and b.model is not None and not b.shares_repair_with]
+
+
 def recheck(candidate: Built, data: RepairData, triggers: list[ReversedTrigger], opts: RepairOptions,
             layer: str, unlearned: list[ReversedTrigger] | None = None) -> None:
     """Search the repaired model for a trigger again, towards every suspect in ``triggers``; while an unlearned model

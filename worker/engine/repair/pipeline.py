@@ -23,7 +23,7 @@ from worker.engine.data import read_dataset
 from worker.engine.detect.trigger import ReversedTrigger
 from worker.engine.formats import write_model
 from worker.engine.preprocess import Preprocessing, model_input, to_images
-from worker.engine.repair.candidates import Built, RepairData, build_candidates
+from worker.engine.repair.candidates import Built, RepairData, build_candidates, retry_notes
 from worker.engine.repair.choose import choose
 from worker.engine.repair.goodnet import (
     GoodNet,
@@ -144,7 +144,8 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
                          estimated_attack_success_rate=trigger_success(model, evaluation, preprocessing, triggers)),
         curve=curve, models=models, recommended=winner.name if winner else None, recommendation=recommendation,
         nothing_worked=winner is None,
-        warnings=notes + ([warning] if warning else []) + [b.warning for b in built if b.warning and b.fine_tuned],
+        warnings=notes + ([warning] if warning else []) + [b.warning for b in built if b.warning and b.fine_tuned]
+        + retry_notes(built),
         triggers=[TriggerSummary(target=t.target, source=t.source, mask_l1=float(np.sum(t.mask)),
                                  attack_success=t.attack_success, found_by=found_by) for t in triggers])
     with stages.stage("write", 0.97):

@@ -235,26 +235,23 @@ def guarded_fine_tune(model: CanonicalModel, preprocessing: Preprocessing, train
     else:
         lower = []
     failed: list[float] = []
+    best_accuracy = 0.0
     for attempt in [rate, *lower]:
-        result, best, tuned = _tune_at(model, make_objective, attempt, layer, pruned, train, settings, floor, score)
-        if best is not None:
-            break
+        result = _tune_at(model, make_objective, attempt, layer, pruned, train, settings, floor, score)
+        result.failed_rates = failed
+        if result.model is not None:
+            return result
         failed.append(attempt)
-    result.failed_rates = failed
-    if best is None:
-        result.warning = (f"fine-tuning failed at learning rate {', '.join(f'{r:g}' for r in failed)}: no epoch of "
-                          f"{settings.epochs} reached the floor of {floor:.2%} held-out clean accuracy (best "
-                          f"{max(result.validation_accuracy):.2%}); this repair is not offered")
-        return result
-    tuned.load_state_dict(best[2])
-    result.model, result.kept_epoch = tuned.requires_grad_(False), best[1]
+        best_accuracy = max([best_accuracy, *result.validation_accuracy])
+    result.warning = (f"fine-tuning failed at learning rate {', '.join(f'{r:g}' for r in failed)}: no epoch of "
+                      f"{settings.epochs} reached the floor of {floor:.2%} held-out clean accuracy (best "
+                      f"{best_accuracy:.2%}); this repair is not offered")
     return result
 
 
 def _tune_at(model: CanonicalModel, make_objective, rate: float, layer: str | None, pruned: list[int],
-             train: RawSet, settings: TuneSettings, floor: float,
-             score) -> tuple[TuneResult, tuple | None, CanonicalModel]:
-    """One guarded run at ``rate``: its result, the best passing epoch (key, epoch, weights) or None, the model."""
+             train: RawSet, settings: TuneSettings, floor: float, score) -> TuneResult:
+    """One guarded run at ``rate``; its ``model`` is the best epoch that passes the floor, or None."""
     tuned = copy.deepcopy(model).requires_grad_(True)
     objective = make_objective(tuned)
     steps_per_epoch = -(-len(train) // settings.batch_size)
@@ -272,4 +269,7 @@ def _tune_at(model: CanonicalModel, make_objective, rate: float, layer: str | No
 
     _run(tuned, objective, layer, pruned, train, rate, settings.epochs * steps_per_epoch,
          torch.Generator().manual_seed(settings.seed), on_epoch, steps_per_epoch)
-    return result, best, tuned
+    if best is not None:
+        tuned.load_state_dict(best[2])
+        result.model, result.kept_epoch = tuned.requires_grad_(False), best[1]
+    return result

@@ -3,6 +3,7 @@
 import torch
 
 from worker.engine.preprocess import Preprocessing
+from worker.engine.repair.candidates import Built, retry_notes
 from worker.engine.repair.raw import clean_accuracy, trigger_success
 from worker.engine.repair.unlearn import TuneSettings, guarded_fine_tune
 
@@ -60,3 +61,17 @@ def test_a_found_rate_that_fails_the_guard_is_retried_lower(planted):
                               TuneSettings(epochs=3, learning_rate=1e-2), 0.5, score)
     assert fixed.model is None and fixed.failed_rates == [1e-2]  # a rate the user set gets no second try
     assert "failed at learning rate 0.01" in fixed.warning
+
+
+def test_the_report_says_which_candidates_were_kept_at_a_lower_rate():
+    model = object()  # retry_notes only checks that a candidate has a model
+    kept = Built("unlearn", "unlearn", model, False, learning_rate=3e-3, failed_learning_rates=[1e-2])
+    failed = Built("adversarial", "adversarial", None, True, failed_learning_rates=[1e-2, 3e-3, 1e-3],
+                   warning="fine-tuning failed")  # its own warning says so
+    first = Built("drop2", "prune+unlearn", model, False, learning_rate=1e-3, failed_learning_rates=[1e-2, 3e-3])
+    shared = Built("drop4", "prune+unlearn", model, False, learning_rate=1e-3, failed_learning_rates=[1e-2, 3e-3],
+                   shares_repair_with="drop2")  # one repair, reported once
+    untouched = Built("unlearn-smallest", "unlearn", model, False, learning_rate=1e-2)
+    assert retry_notes([kept, failed, first, shared, untouched]) == [
+        "unlearn: fine-tuning failed the guard at learning rate 0.01; the run at 0.003 is kept",
+        "drop2: fine-tuning failed the guard at learning rate 0.01, 0.003; the run at 0.001 is kept"]
