@@ -56,7 +56,7 @@ class SearchResult:
     mask_l1: np.ndarray  # K: mean of the mask, the fraction of the image it covers
     reached: np.ndarray  # K bools
     steps: np.ndarray  # K: optimisation steps run
-    final_loss: np.ndarray  # K: cross-entropy towards the target at the last step
+    final_loss: np.ndarray  # K: cross-entropy towards the target at the candidate's last step
 
 
 def trigger_search(forward: Forward, images: Tensor, labels: Tensor, targets: list[int],
@@ -108,31 +108,42 @@ def _search(forward: Forward, images: Tensor, labels: Tensor, targets: list[int]
     last_improved = np.zeros(k, dtype=int)
     active = np.ones(k, dtype=bool)
     steps = np.zeros(k, dtype=int)
-    ce = torch.zeros(k)
+    final_ce = np.zeros(k, np.float32)
     for step in range(s.steps):
+        # Batches are drawn for every candidate so that a candidate's batches do not depend on when others stop;
+        # only the active ones are run. A stopped candidate gets no gradient either way (Adam's momentum still moves
+        # its unused parameters), so running only the active ones changes the time, not the result.
         idx = torch.stack([p[torch.randint(len(p), (s.batch,), generator=gen)] for p in pools]).to(device)
-        mask = torch.sigmoid(mask_raw)
-        pattern = lo + (hi - lo) * torch.sigmoid(pattern_raw)
-        logits = forward(stamp(images[idx], mask, pattern).reshape(-1, h, w, c)).reshape(k, s.batch, -1)
-        ce = F.cross_entropy(logits.permute(0, 2, 1), target_t[:, None].expand(k, s.batch), reduction="none").mean(1)
+        rows = np.flatnonzero(active)
+        live = torch.as_tensor(rows, device=device)
+        mask = torch.sigmoid(mask_raw[live])
+        pattern = lo + (hi - lo) * torch.sigmoid(pattern_raw[live])
+        logits = forward(stamp(images[idx[live]], mask, pattern).reshape(-1, h, w, c)).reshape(len(rows), s.batch, -1)
+        ce = F.cross_entropy(logits.permute(0, 2, 1), target_t[live, None].expand(len(rows), s.batch),
+                             reduction="none").mean(1)
         l1 = mask.mean((1, 2))
-        live = torch.as_tensor(active, device=device)
         optimiser.zero_grad(set_to_none=True)
-        ((ce + cost * l1) * live).sum().backward()
+        (ce + cost[live] * l1).sum().backward()
         optimiser.step()
         with torch.no_grad():
-            reached = ((logits.argmax(2) == target_t[:, None]).float().mean(1) >= s.success_goal).cpu().numpy()
-            l1_now = l1.cpu().numpy()
+            reached = np.zeros(k, dtype=bool)
+            reached[rows] = ((logits.argmax(2) == target_t[live, None]).float().mean(1) >= s.success_goal).cpu().numpy()
+            l1_now = np.full(k, np.inf)
+            l1_now[rows] = l1.cpu().numpy()
+            final_ce[rows] = ce.cpu().numpy()
             verified = np.zeros(k, dtype=bool)
             if step % s.verify_every == 0 or step == s.steps - 1:
-                verified = _success(forward, images, verify, mask, pattern, target_t) >= s.success_goal
+                success = _success(forward, images, verify[live], mask, pattern, target_t[live])
+                verified[rows] = success >= s.success_goal
             smaller = verified & (l1_now < best_l1) & active
             settled = (cost >= s.initial_cost).cpu().numpy()
             last_improved[(smaller & (l1_now < best_l1 * 0.99)) | ~settled] = step
             if smaller.any():
+                mask_np, pattern_np = mask.cpu().numpy(), pattern.cpu().numpy()
+                at = np.searchsorted(rows, np.flatnonzero(smaller))
                 best_l1[smaller] = l1_now[smaller]
-                best_mask[smaller] = mask.cpu().numpy()[smaller]
-                best_pattern[smaller] = pattern.cpu().numpy()[smaller]
+                best_mask[smaller] = mask_np[at]
+                best_pattern[smaller] = pattern_np[at]
             ok = torch.as_tensor(reached, device=device)
             cost = torch.where(ok, cost * s.cost_up, cost / s.cost_up ** 1.5).clamp(s.initial_cost / 100, 1e4)
             steps[active] += 1
@@ -146,7 +157,7 @@ def _search(forward: Forward, images: Tensor, labels: Tensor, targets: list[int]
             best_mask[none] = torch.sigmoid(mask_raw).cpu().numpy()[none]
             best_pattern[none] = (lo + (hi - lo) * torch.sigmoid(pattern_raw)).cpu().numpy()[none]
     return SearchResult(np.asarray(targets), np.asarray(sources), best_mask, best_pattern, best_mask.mean((1, 2)),
-                        ~none, steps, ce.detach().cpu().numpy())
+                        ~none, steps, final_ce)
 
 
 def _success(forward: Forward, images: Tensor, verify: Tensor, mask: Tensor, pattern: Tensor,
