@@ -72,7 +72,7 @@ def max_margins(logits_fn: LogitsFn, image_shape: tuple[int, int, int], num_clas
         for _ in range(steps):
             loss = -margin(logits_fn(unit * 255.0), target).sum()
             optimiser.zero_grad()
-            loss.backward()
+            loss.backward(inputs=[unit])  # not the model's weights: their gradients would be wasted work
             optimiser.step()
             with torch.no_grad():
                 unit.clamp_(0.0, 1.0)

@@ -93,7 +93,7 @@ def _optimise(forward: Forward, images: Tensor, pools: list[Tensor], classes: np
                              reduction="none").mean(1)
         per_class = ce + s.cost * mask.mean((1, 2))
         optimiser.zero_grad(set_to_none=True)
-        per_class.sum().backward()
+        per_class.sum().backward(inputs=[m_raw, p_raw])  # never the model's weights
         optimiser.step()
         recent = [*recent[-1:], per_class.detach()]
     with torch.no_grad():

@@ -123,7 +123,9 @@ def _search(forward: Forward, images: Tensor, labels: Tensor, targets: list[int]
                              reduction="none").mean(1)
         l1 = mask.mean((1, 2))
         optimiser.zero_grad(set_to_none=True)
-        (ce + cost[live] * l1).sum().backward()
+        # Gradients for the mask and pattern only: the model's weights may require grad (a read model's do), and
+        # computing theirs would nearly double the backward pass for nothing.
+        (ce + cost[live] * l1).sum().backward(inputs=[mask_raw, pattern_raw])
         optimiser.step()
         with torch.no_grad():
             reached = np.zeros(k, dtype=bool)

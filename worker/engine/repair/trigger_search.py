@@ -81,7 +81,7 @@ def _optimise(model, preprocessing, data, targets, steps, batch_size, seed):
         loss_each = F.cross_entropy(logits, target, reduction="none").reshape(k, batch_size).mean(1)
         size = mask.reshape(k, -1).sum(1)
         optimiser.zero_grad(set_to_none=True)
-        (loss_each + cost * size).sum().backward()
+        (loss_each + cost * size).sum().backward(inputs=[mask_logit, pattern_logit])  # never the model's weights
         optimiser.step()
         with torch.no_grad():
             works = (logits.argmax(1) == target).float().reshape(k, batch_size).mean(1) >= WORKS
