@@ -64,6 +64,16 @@ def is_development(seed: int, family: str, kind: str) -> bool:
     return seed in DEV_SEEDS and family in FAMILIES and kind in KINDS
 
 
+def split_of(development: list[bool]) -> str:
+    """How a benchmark's header names its fresh BadNets, given which of them are development cases."""
+    if all(development):
+        return "DEVELOPMENT: settings were chosen on them"
+    if not any(development):
+        return "held out: no setting was chosen on them"
+    return (f"mixed: seeds {', '.join(map(str, DEV_SEEDS))} with families {', '.join(FAMILIES)} and kinds "
+            f"{', '.join(KINDS)} are development rows, the others held out")
+
+
 class Softmaxed(torch.nn.Module):
     """A zoo family's logits network with the softmax an uploaded classifier ends in."""
 

@@ -26,7 +26,7 @@ import torch
 
 from bench import FIXTURES
 from bench.detect import detectors_key
-from bench.repair_cases import DEV_SEEDS, FAMILIES, KINDS, CaseSpec, build_case, is_development
+from bench.repair_cases import DEV_SEEDS, FAMILIES, KINDS, CaseSpec, build_case, is_development, split_of
 from schemas.scan import ScanOptions
 from worker.demo.badnet import mnist_badnet
 from worker.engine.canonical import default_device
@@ -115,10 +115,9 @@ def main() -> None:
             for kind in args.kinds.split(","):
                 folder = Path(build_case(FIXTURES, CaseSpec(family, kind, seed))["folder"])
                 cases.append((f"{family} {kind} s{seed}", folder, folder / "badnet.onnx"))
-    development = all(is_development(s, f, k) for s in seeds for f in args.families.split(",")
-                      for k in args.kinds.split(","))
-    print(f"Repair only, on cached triggers; seeds {args.seeds}"
-          f"{' (DEVELOPMENT)' if development else ' (held out: choose nothing on it)'}; in %.")
+    which = split_of([is_development(s, f, k) for s in seeds for f in args.families.split(",")
+                      for k in args.kinds.split(",")])
+    print(f"Repair only, on cached triggers; seeds {args.seeds} ({which}); in %.")
     print(f"{'model':<22} {'clean':>6} {'ASR':>6} | {'repair':<16} {'val':>6} {'clean':>6} {'ASR':>6} | "
           f"{'detect':>6} {'alarm':>6} | ok")
     rows = []

@@ -238,11 +238,12 @@ def guarded_fine_tune(model: CanonicalModel, preprocessing: Preprocessing, train
     best_accuracy = 0.0
     for attempt in [rate, *lower]:
         result = _tune_at(model, make_objective, attempt, layer, pruned, train, settings, floor, score)
-        result.failed_rates = failed
         if result.model is not None:
+            result.failed_rates = failed
             return result
         failed.append(attempt)
         best_accuracy = max([best_accuracy, *result.validation_accuracy])
+    result.failed_rates = failed
     result.warning = (f"fine-tuning failed at learning rate {', '.join(f'{r:g}' for r in failed)}: no epoch of "
                       f"{settings.epochs} reached the floor of {floor:.2%} held-out clean accuracy (best "
                       f"{best_accuracy:.2%}); this repair is not offered")

@@ -86,6 +86,26 @@ def test_the_source_specific_search_finds_the_planted_pairs_smallest() -> None:
     assert anomaly_indices(result.mask_l1)[smallest].min() > 2
 
 
+def test_a_stopped_candidate_is_no_longer_run_and_the_weights_get_no_gradient() -> None:
+    """Each optimisation step runs only the candidates still searching (steps > i at step i), and the search takes
+    gradients of its masks and patterns alone, even when the model's weights require grad."""
+    model = PlantedModel("all-to-one")
+    model.protos.requires_grad_(True)  # as a read model's weights do
+    data = samples(60)
+    prep = Preprocessing(divide_by=255.0)
+    optimised: list[int] = []  # stamped images per forward pass that builds a graph (not the verification passes)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            optimised.append(len(images))
+        return model.logits(model_input(images, prep, model.signature.input_layout))
+
+    result = trigger_search(forward, torch.from_numpy(data.x), torch.from_numpy(data.y), list(range(5)), None, QUICK)
+    assert result.steps.min() < result.steps.max()  # some candidates stopped before others
+    assert optimised == [QUICK.batch * int((result.steps > i).sum()) for i in range(int(result.steps.max()))]
+    assert model.protos.grad is None
+
+
 def test_five_images_are_augmented_and_judged_on_fresh_augmentations(tmp_path: Path) -> None:
     clean = samples(5)
     context = _context(PlantedModel("all-to-one"), clean, tmp_path)
