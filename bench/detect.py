@@ -1,7 +1,7 @@
 """Detection on fresh MNIST zoos: every detector and the calibrated verdict, with families and attack kinds held out.
 
     .venv/bin/python -m bench.detect [--seed 2026] [--models-per-family 14] [--verdict mmbd,nc,...]
-                                     [--write-calibration] [--threads 1]
+                                     [--statistics reverse=score_log_odds] [--write-calibration] [--threads 1]
 
 Trains (or reads from ``$BDSCREEN_CACHE/zoos``) a zoo from the real MNIST fixture: families cnn2-max (conv),
 cnn1-bn (BatchNorm), mlp and lenet-tanh; attacks patch, sparse pixels and blend, a quarter of them all-to-all
@@ -132,9 +132,9 @@ def findings_of(member: ZooMember, clean: Dataset, cache: Path, folder: Path,
 def sample_of(member: ZooMember, results: dict[str, tuple[Finding, float]]) -> Sample:
     statistics = {}
     for name, (finding, _) in results.items():
-        value = statistic_of(finding, STATISTICS.get(name, ""))
-        if finding.applicable and value is not None:
-            statistics[name] = value
+        values = [statistic_of(finding, key) for key in STATISTICS.get(name, ())]
+        if finding.applicable and values and all(v is not None for v in values):
+            statistics[name] = tuple(float(v) for v in values)  # type: ignore[arg-type]
     return Sample(member.backdoored, member.record.family, kind_of(member), statistics)
 
 
@@ -206,7 +206,7 @@ def detector_rows(labels: np.ndarray, findings: list[list[Finding]], seconds: di
         flagged = np.array([r and f.threshold is not None and f.score >= f.threshold
                             for r, f in zip(ran, mine, strict=True)])
         judged = ran & np.array([f.threshold is not None for f in mine])
-        for key in (STATISTICS.get(name), *EXTRA_STATISTICS.get(name, ())):
+        for key in (*STATISTICS.get(name, ()), *EXTRA_STATISTICS.get(name, ())):
             values = np.array([statistic_of(f, key) if r else np.nan for r, f in zip(ran, mine, strict=True)], float)
             usable = ran & np.isfinite(values)
             auc = roc_auc(labels[usable], values[usable]) if labels[usable].any() and (~labels[usable]).any() \
@@ -231,10 +231,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shard", metavar="I/N", help="only screen (and cache) every N-th model from the I-th, "
                                                        "then stop: to fill the cache from N processes")
+    parser.add_argument("--statistics", action="append", default=[], metavar="DETECTOR=KEY[,KEY...]",
+                        help="weigh these statistics of a detector instead of the shipped ones (to compare features "
+                             "on the development zoo), e.g. reverse=score_log_odds")
     parser.add_argument("--oracle-triggers", action="store_true",
                         help="measure linf and latent with each backdoored model's own trigger (clean models: the "
                              "trigger of another zoo model) instead of the verdict")
     args = parser.parse_args()
+    for override in args.statistics:
+        detector, _, keys = override.partition("=")
+        if detector not in STATISTICS or not keys:
+            parser.error(f"--statistics: expected DETECTOR=KEY[,KEY...] with DETECTOR one of {', '.join(STATISTICS)}")
+        STATISTICS[detector] = tuple(keys.split(","))
     torch.set_num_threads(args.threads)
     images, labels, clean = mnist_zoo_data()
     spec = zoo_spec(args.seed, args.models_per_family)

@@ -1,10 +1,11 @@
 """Fitting the verdict's calibration: logistic regressions on detector statistics of generated zoo models.
 
-A model's statistics are ``{detector: {evidence key: value}}`` as its findings reported them. For every non-empty
-set of the chosen detectors, one L2-regularised logistic regression (Newton's method; classes weighted to count
-equally) is fitted on the standardised, clipped statistics of the models where all of them ran. The result is the
-JSON that :mod:`worker.engine.detect.verdict` loads. Forty lines of Newton's method here, rather than scikit-learn:
-the fit is small and this keeps a large dependency (and its pickled estimators) out of the package.
+A model's statistics are ``{detector: (value, ...)}``, one value per key of ``STATISTICS[detector]``, as its
+findings reported them. For every non-empty set of the chosen detectors, one L2-regularised logistic regression
+(Newton's method; classes weighted to count equally) is fitted on the standardised, clipped statistics of the models
+where all of them ran. The result is the JSON that :mod:`worker.engine.detect.verdict` loads. Forty lines of
+Newton's method here, rather than scikit-learn: the fit is small and this keeps a large dependency (and its pickled
+estimators) out of the package.
 """
 
 import itertools
@@ -14,9 +15,11 @@ import numpy as np
 
 from worker.engine.detect.verdict import CALIBRATION_FORMAT
 
-#: The statistic each detector contributes to the verdict (an ``evidence`` key of its finding).
-STATISTICS = {"mmbd": "log_anomaly", "reverse": "score_log_odds", "linf": "bias_shift", "latent": "entropy_shift",
-              "ulp": "log_odds"}
+#: The statistics each detector contributes to the verdict (keys that
+#: :func:`~worker.engine.detect.verdict.statistic_of` reads from its finding), each one feature of the regression.
+STATISTICS: dict[str, tuple[str, ...]] = {
+    "mmbd": ("log_anomaly",), "reverse": ("score_log_odds", "log_runner_up_ratio"), "linf": ("bias_shift",),
+    "latent": ("entropy_shift",), "ulp": ("log_odds",)}
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class Sample:
     backdoored: bool
     family: str
     kind: str  # 'clean', or the attack kind; all-to-all attacks are their own kind here
-    statistics: dict[str, float]  # detector -> its statistic, only for detectors that ran and were applicable
+    statistics: dict[str, tuple[float, ...]]  # detector -> its statistics, only for detectors that ran and gave them
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50) -> tuple[np.ndarray, float]:
@@ -54,15 +57,15 @@ def fit_regression(samples: list[Sample], detectors: tuple[str, ...]) -> dict | 
     labels = np.array([s.backdoored for s in rows], float)
     if len(rows) < 6 or labels.min() == labels.max():
         return None
-    raw = np.array([[s.statistics[d] for d in detectors] for s in rows], float)
+    raw = np.array([[value for d in detectors for value in s.statistics[d]] for s in rows], float)
+    keys = [(d, key) for d in detectors for key in STATISTICS[d]]
     low, high = raw.min(0), raw.max(0)
     clipped = np.clip(raw, low, high)
     mean, std = clipped.mean(0), clipped.std(0) + 1e-9
     weights, intercept = fit_logistic((clipped - mean) / std, labels)
     return {"detectors": list(detectors), "models": len(rows),
-            "features": [{"detector": d, "key": STATISTICS[d], "low": float(lo), "high": float(hi),
-                          "mean": float(m), "std": float(s)}
-                         for d, lo, hi, m, s in zip(detectors, low, high, mean, std, strict=True)],
+            "features": [{"detector": d, "key": key, "low": float(lo), "high": float(hi), "mean": float(m),
+                          "std": float(s)} for (d, key), lo, hi, m, s in zip(keys, low, high, mean, std, strict=True)],
             "weights": [float(w) for w in weights], "intercept": intercept}
 
 

@@ -170,7 +170,9 @@ class ReverseEngineeringDetector:
         else:
             reason = (f"No abnormally small trigger: the smallest, for class {top.target}{source}, is "
                       f"{anomaly[best]:.1f} robust standard deviations below the typical {what}'s, under the "
-                      f"{cut:.1f} expected to be flagged among {n} {what}es.")
+                      f"{cut:.1f} expected to be flagged among {n} {what}es; its mask is "
+                      f"{evidence['runner_up_ratio']:.1f}x smaller than the next smallest one's (a backdoor target's "
+                      f"is usually well ahead of every other {what}'s, which the verdict weighs too).")
         return Finding(detector=self.name, applicable=True, score=round(score, 6), threshold=THRESHOLD,
                        reason=reason, suspected_targets=sorted({t.target for t in triggers}) if flagged else [],
                        evidence=evidence, artifacts=artifacts)

@@ -50,10 +50,20 @@ class Feature:
 
 
 def statistic_of(finding: Finding, key: str) -> float | None:
-    """``finding.evidence[key]`` when it is a finite number, else None. Two keys read the score instead: 'score'
-    itself, and 'score_log_odds', its log-odds (for a detector whose score already measures its statistic against
-    that statistic's own null, as ``reverse`` does against the expected maximum of its candidates)."""
-    value = finding.score if key in ("score", "score_log_odds") else finding.evidence.get(key)
+    """``finding.evidence[key]`` when it is a finite number, else None. Three keys are derived from the finding:
+    'score' itself; 'score_log_odds', its log-odds (for a detector whose score already measures its statistic against
+    that statistic's own null, as ``reverse`` does against the expected maximum of its candidates); and
+    'log_runner_up_ratio', the log of ``evidence['runner_up_ratio']`` (``reverse``: how many times smaller the
+    smallest trigger is than the next one; a backdoor target's is ahead of every other class's, not only of the
+    median's, which is what sets it apart on models where many classes flip with a few pixels)."""
+    if key in ("score", "score_log_odds"):
+        value = finding.score
+    elif key == "log_runner_up_ratio":
+        ratio = finding.evidence.get("runner_up_ratio")
+        value = math.log(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0 \
+            else None
+    else:
+        value = finding.evidence.get(key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None
     if key == "score_log_odds":

@@ -59,6 +59,8 @@ def test_the_clean_twin_is_not_flagged_and_hands_on_no_trigger(tmp_path: Path) -
     assert finding.score < finding.threshold and finding.suspected_targets == []
     assert context.triggers == []
     assert "No abnormally small trigger" in finding.reason
+    # The runner-up ratio the verdict weighs is in the words too.
+    assert f"{finding.evidence['runner_up_ratio']:.1f}x smaller than the next smallest" in finding.reason
 
 
 def test_an_all_to_all_backdoor_is_flagged(tmp_path: Path) -> None:

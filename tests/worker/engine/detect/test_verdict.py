@@ -71,10 +71,32 @@ def test_score_log_odds_reads_the_score_on_the_log_odds_scale():
     assert statistic_of(scored.model_copy(update={"score": None}), "score_log_odds") is None
 
 
-def test_the_shipped_calibration_weighs_reverse_on_its_score_log_odds():
+def test_log_runner_up_ratio_reads_the_ratio_on_the_log_scale():
+    def ratio(value: object) -> Finding:
+        return Finding(detector="reverse", applicable=True, score=0.1, threshold=0.5, reason="",
+                       evidence={"runner_up_ratio": value})
+
+    assert statistic_of(ratio(2.0), "log_runner_up_ratio") == pytest.approx(math.log(2))
+    assert statistic_of(ratio(1.0), "log_runner_up_ratio") == 0.0
+    for unusable in (0.0, -1.0, float("nan"), True, "2", None):
+        assert statistic_of(ratio(unusable), "log_runner_up_ratio") is None
+
+
+def test_the_shipped_calibration_weighs_reverse_on_its_score_log_odds_and_runner_up_ratio():
     shipped = load_calibration()
-    keys = {(f.detector, f.key) for r in shipped.regressions for f in r.features}
-    assert ("reverse", "score_log_odds") in keys
+    for regression in shipped.regressions:
+        if "reverse" in regression.detectors:
+            keys = [f.key for f in regression.features if f.detector == "reverse"]
+            assert keys == ["score_log_odds", "log_runner_up_ratio"]
+    # A clearly separated smallest trigger raises the probability at the same score.
+    alone = shipped.regression_for({"reverse"})
+    assert alone is not None
+
+    def reverse(ratio: float) -> Finding:
+        return Finding(detector="reverse", applicable=True, score=0.3, threshold=0.5, reason="",
+                       evidence={"runner_up_ratio": ratio})
+
+    assert judge([reverse(3.0)], shipped).score > judge([reverse(1.05)], shipped).score  # type: ignore[operator]
 
 
 class Crashing:
