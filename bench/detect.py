@@ -34,7 +34,14 @@ from worker.engine.data import Dataset, read_mnist_idx
 from worker.engine.detect import DETECTORS
 from worker.engine.detect.base import DetectionContext
 from worker.engine.detect.trigger import ReversedTrigger
-from worker.engine.detect.verdict import CALIBRATION_FILE, Calibration, judge, load_calibration, statistic_of
+from worker.engine.detect.verdict import (
+    CALIBRATION_FILE,
+    Calibration,
+    Judgement,
+    judge,
+    load_calibration,
+    statistic_of,
+)
 from worker.engine.formats import read_model
 from worker.engine.scan import run_detectors
 from worker.zoo.attack_sampling import Attack, AttackRanges, full_image_stamp
@@ -138,10 +145,10 @@ def sample_of(member: ZooMember, results: dict[str, tuple[Finding, float]]) -> S
     return Sample(member.backdoored, member.record.family, kind_of(member), statistics)
 
 
-def held_out_scores(samples: list[Sample], findings: list[list[Finding]], chosen: list[tuple[str, ...]],
-                    threshold: float, combine: str) -> np.ndarray:
-    """Each model's verdict score from a calibration that saw neither its family nor (if backdoored) its kind."""
-    scores = np.zeros(len(samples))
+def held_out_judgements(samples: list[Sample], findings: list[list[Finding]], chosen: list[tuple[str, ...]],
+                        threshold: float, combine: str) -> list[Judgement]:
+    """Each model's verdict from a calibration that saw neither its family nor (if backdoored) its kind."""
+    judgements = []
     fits: dict[tuple[str, str], Calibration] = {}
     for i, sample in enumerate(samples):
         key = (sample.family, sample.kind)
@@ -150,8 +157,13 @@ def held_out_scores(samples: list[Sample], findings: list[list[Finding]], chosen
                         if s.family != sample.family and (s.kind == "clean" or s.kind != sample.kind)]
             fits[key] = calibration_from(fit_calibration(training, chosen, threshold, combine=combine))
         used = [f for f in findings[i] if any(f.detector in subset for subset in chosen)]
-        scores[i] = judge(used, fits[key]).score or 0.0
-    return scores
+        judgements.append(judge(used, fits[key]))
+    return judgements
+
+
+def held_out_scores(samples: list[Sample], findings: list[list[Finding]], chosen: list[tuple[str, ...]],
+                    threshold: float, combine: str) -> np.ndarray:
+    return np.array([j.score or 0.0 for j in held_out_judgements(samples, findings, chosen, threshold, combine)])
 
 
 def calibration_from(content: dict) -> Calibration:
@@ -255,7 +267,7 @@ def main() -> None:
     members = zoo.members()
     plan = {c.index: c.attack for c in plan_candidates(spec)}
     attacks = [a for a in plan.values() if a is not None]
-    samples, findings, seconds = [], [], {}
+    samples, findings, seconds, targets = [], [], {}, []
     with tempfile.TemporaryDirectory() as folder:
         shard, shards = (int(part) for part in args.shard.split("/")) if args.shard else (0, 1)
         for number, member in enumerate(members):
@@ -268,6 +280,7 @@ def main() -> None:
                 oracle = oracle_trigger(attack)
             results = findings_of(member, clean, cache, Path(folder), oracle)
             samples.append(sample_of(member, results))
+            targets.append(plan[member.record.index].poisoning.target if member.backdoored else None)  # type: ignore[union-attr]
             findings.append([f for f, _ in results.values()])
             for name, (_, took) in results.items():
                 seconds.setdefault(name, []).append(took)
@@ -289,13 +302,20 @@ def main() -> None:
         chosen = every_subset(tuple(STATISTICS))
     threshold = shipped.threshold if shipped else 0.5
     combine = args.combine or (shipped.combine if shipped else "logistic")
-    scores = held_out_scores(samples, findings, chosen, threshold, combine)
+    judgements = held_out_judgements(samples, findings, chosen, threshold, combine)
+    scores = np.array([j.score or 0.0 for j in judgements])
     total = float(np.mean([sum(seconds[n][i] for n in seconds) for i in range(len(samples))]))
     names = sorted({d for subset in chosen for d in subset})
     sets = "; ".join(",".join(c) for c in chosen)
     table(f"Verdict ({combine}) calibrated for {sets} (held-out family and kind; threshold {threshold:.2f})",
           [("verdict", f"{labels_.sum()}/{(~labels_).sum()}", *rates(labels_, scores, threshold), total),
            *breakdown(samples, scores, threshold)])
+    caught = [(j, t) for j, t in zip(judgements, targets, strict=True) if t is not None and j.score is not None
+              and j.score >= threshold]
+    print(f"  flagged all-to-one BadNets whose suspected targets include the true one: "
+          f"{sum(t in j.suspected_targets for j, t in caught)}/{len(caught)} (named first: "
+          f"{sum(j.suspected_targets[:1] == [t] for j, t in caught)}, none named: "
+          f"{sum(not j.suspected_targets for j, _ in caught)})")
     for dropped in names if len(names) > 1 else ():
         rest = [kept for subset in chosen if (kept := tuple(d for d in subset if d != dropped))]
         auc, tpr, fpr = rates(labels_, held_out_scores(samples, findings, rest, threshold, combine), threshold)
