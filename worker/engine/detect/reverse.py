@@ -149,8 +149,11 @@ class ReverseEngineeringDetector:
                      else {}), "mask_l1_pixels": round(float(result.mask_l1[i]) * pixels, 1),
                      "reached_goal": bool(result.reached[i]), "anomaly_index": round(float(anomaly[i]), 3)}
                     for i in order[:5]]
-        evidence = {"mode": mode, "anomaly_index": round(float(anomaly[best]), 3),
-                    "anomaly_threshold": round(cut, 3), "candidates": n,
+        # leading_target: the class the smallest trigger sends to, flagged or not; the verdict names it when it
+        # flags the model with this finding's help while no detector flags on its own.
+        evidence = {"mode": mode, "leading_target": int(result.targets[best]),
+                    "anomaly_index": round(float(anomaly[best]), 3), "anomaly_threshold": round(cut, 3),
+                    "candidates": n,
                     "smallest_mask_l1_pixels": round(float(result.mask_l1[best]) * pixels, 1),
                     "runner_up_ratio": round(runner_up / max(float(result.mask_l1[order[0]]), 1e-9), 3),
                     "median_mask_l1_pixels": round(float(np.median(result.mask_l1)) * pixels, 1),

@@ -187,11 +187,20 @@ def judge(findings: list[Finding], calibration: Calibration | None = None) -> Ju
     pushing = sorted((d for d in contributions if (contributions[d] > 0) == backdoored),
                      key=lambda d: -abs(contributions[d]))
     unused = [judged[d] for d in sorted(set(judged) - weighed)]
-    # Targets: from the detectors that pushed towards the verdict, then from any that flagged on its own.
-    targets = _targets([judged[d] for d in pushing] + [f for f in unused if _flags(f)]) if backdoored else []
-    return Judgement(verdict, score, calibration.threshold, targets,
-                     _explain(verdict, score, calibration.threshold, pushing, judged, contributions, unused),
-                     contributions)
+    # Targets: from the detectors that pushed towards the verdict, then from any that flagged on its own; when none of
+    # them names a class (the probability can cross the threshold while no detector flags on its own), the leading
+    # candidate of the pushing detectors that report one (``evidence['leading_target']``).
+    targets: list[int] = []
+    explanation = _explain(verdict, score, calibration.threshold, pushing, judged, contributions, unused)
+    if backdoored:
+        targets = _targets([judged[d] for d in pushing] + [f for f in unused if _flags(f)])
+        if not targets:
+            leading = (judged[d].evidence.get("leading_target") for d in pushing)
+            targets = list(dict.fromkeys(t for t in leading if isinstance(t, int) and not isinstance(t, bool)))
+            if targets:
+                explanation += (f" No detector flagged on its own, so the suspected target is the leading candidate "
+                                f"of those that pushed the verdict: class {', '.join(map(str, targets))}.")
+    return Judgement(verdict, score, calibration.threshold, targets, explanation, contributions)
 
 
 def _log_odds(regression: Regression, judged: dict[str, Finding]) -> tuple[float, dict[str, float]]:

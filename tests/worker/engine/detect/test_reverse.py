@@ -57,6 +57,7 @@ def test_the_clean_twin_is_not_flagged_and_hands_on_no_trigger(tmp_path: Path) -
     finding = ReverseEngineeringDetector(QUICK).detect(context)
     assert finding.score is not None and finding.threshold is not None
     assert finding.score < finding.threshold and finding.suspected_targets == []
+    assert finding.evidence["leading_target"] == finding.evidence["smallest_masks"][0]["target"]
     assert context.triggers == []
     assert "No abnormally small trigger" in finding.reason
     # The runner-up ratio the verdict weighs is in the words too.

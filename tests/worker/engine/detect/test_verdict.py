@@ -58,6 +58,19 @@ def test_uses_the_regression_of_the_detectors_that_ran(calibration):
     assert extra.score == pytest.approx(alone.score) and "ulp" in extra.explanation
 
 
+def test_a_backdoored_verdict_names_the_leading_class_of_a_pushing_detector_that_flags_nothing(calibration):
+    # nc carries the verdict without flagging on its own, so it names no suspected class; its leading candidate is 4.
+    # mmbd leans the other way and names 5: not the suspect.
+    quiet_nc = finding("nc", "anomaly_index", 3.0, ()).model_copy(update={"evidence": {"anomaly_index": 3.0,
+                                                                                      "leading_target": 4}})
+    judgement = judge([finding("mmbd", "log_anomaly", 1.0, (5,)), quiet_nc], calibration)
+    assert judgement.verdict == Verdict.backdoored and judgement.contributions["mmbd"] < 0
+    assert judgement.suspected_targets == [4] and "leading candidate" in judgement.explanation
+    # A clean verdict names none.
+    calm_nc = quiet_nc.model_copy(update={"evidence": {"anomaly_index": 0.0, "leading_target": 4}})
+    assert judge([finding("mmbd", "log_anomaly", 1.0, (5,)), calm_nc], calibration).suspected_targets == []
+
+
 def test_a_missing_figure_counts_as_the_calibration_mean(calibration):
     judgement = judge([finding("mmbd", "other_key", 9.0)], calibration)
     assert judgement.score == pytest.approx(1 / (1 + math.exp(1.0)))
