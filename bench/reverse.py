@@ -5,7 +5,8 @@
 For every architecture family of :mod:`worker.zoo.architectures` and every seed it trains (seeded, cached as NPZ
 under ``$BDSCREEN_CACHE/reverse-bench``) a clean model and a backdoored twin (a white 3x3 or 4x4 patch at a seeded
 position, a seeded target, 10 % poisoning) on 6,000 t10k images, then runs the ``reverse`` detector with 200 other
-t10k images as the clean data, and prints a table: score, anomaly index, suspected target (right or wrong), seconds.
+t10k images as the clean data, and prints a table: score, anomaly index, suspected target (right or wrong), the
+runner-up ratio, the shipped verdict's probability on this finding alone, seconds.
 No setting of the detector was chosen on these models' results after they were first run.
 """
 
@@ -22,9 +23,11 @@ from worker.demo.badnet import train_classifier
 from worker.engine.data import Dataset, read_mnist_idx
 from worker.engine.detect.base import DetectionContext
 from worker.engine.detect.reverse import ReverseEngineeringDetector
+from worker.engine.detect.verdict import judge
 from worker.engine.preprocess import Preprocessing
 from worker.zoo.architectures import family_names, seeded_family
 from worker.zoo.attacks import Poisoning, Trigger
+from worker.zoo.metrics import roc_auc
 from worker.zoo.zoo import cache_root
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -81,7 +84,7 @@ def main() -> None:
     train_x, train_y, clean = x[:6000], y[:6000], Dataset(x[8000:8200], y[8000:8200])
     rows = []
     print(f"{'family':12s} {'seed':>4s} {'kind':8s} {'acc':>5s} {'asr':>5s} {'score':>6s} {'anomaly':>7s} "
-          f"{'cut':>5s} {'suspect':>8s} {'cpu_s':>6s}")
+          f"{'cut':>5s} {'suspect':>8s} {'ratio':>6s} {'verdict':>7s} {'cpu_s':>6s}")
     for family in args.families.split(","):
         for seed in range(args.seeds):
             poison = attack(seed)
@@ -100,16 +103,23 @@ def main() -> None:
                 kind = "clean" if poisoning is None else f"patch->{poison.target}"
                 flagged = finding.score >= finding.threshold  # type: ignore[operator]
                 suspect = ",".join(map(str, finding.suspected_targets)) or "-"
+                # The shipped verdict with this finding alone (its regression on reverse's score and runner-up ratio).
+                verdict = judge([finding]).score or 0.0
                 rows.append((poisoning is not None, flagged, poisoning is not None and poison.target in
-                             finding.suspected_targets, cpu))
+                             finding.suspected_targets, cpu, finding.score, verdict))
                 print(f"{family:12s} {seed:4d} {kind:8s} {acc:5.3f} {asr:5.3f} {finding.score:6.3f} "
                       f"{finding.evidence['anomaly_index']:7.2f} {finding.evidence['anomaly_threshold']:5.2f} "
-                      f"{suspect:>8s} {cpu:6.1f}", flush=True)
+                      f"{suspect:>8s} {finding.evidence['runner_up_ratio']:6.2f} {verdict:7.3f} {cpu:6.1f}", flush=True)
     clean_rows = [r for r in rows if not r[0]]
     bd_rows = [r for r in rows if r[0]]
     print(f"\nclean models flagged: {sum(r[1] for r in clean_rows)}/{len(clean_rows)}; backdoored flagged: "
           f"{sum(r[1] for r in bd_rows)}/{len(bd_rows)}, with the right target: {sum(r[2] for r in bd_rows)}/"
           f"{len(bd_rows)}; mean CPU seconds per model {np.mean([r[3] for r in rows]):.1f}")
+    labels = np.array([r[0] for r in rows])
+    verdicts = np.array([r[5] for r in rows])
+    print(f"AUC of the score {roc_auc(labels, np.array([r[4] for r in rows])):.3f}; of the shipped verdict on this "
+          f"finding alone {roc_auc(labels, verdicts):.3f}, which flags {int((verdicts[~labels] >= 0.5).sum())}/"
+          f"{len(clean_rows)} clean and {int((verdicts[labels] >= 0.5).sum())}/{len(bd_rows)} backdoored models")
 
 
 if __name__ == "__main__":
