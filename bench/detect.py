@@ -47,7 +47,7 @@ from worker.engine.scan import run_detectors
 from worker.zoo.attack_sampling import Attack, AttackRanges, full_image_stamp
 from worker.zoo.batched import TrainingSettings
 from worker.zoo.build_mnist_bank import ULP_FAMILIES
-from worker.zoo.calibrate import STATISTICS, Sample, every_subset, fit_calibration
+from worker.zoo.calibrate import STATISTICS, Sample, every_subset, fit_calibration, statistics_of
 from worker.zoo.metrics import roc_auc
 from worker.zoo.zoo import ZooMember, cache_root, generate_zoo
 from worker.zoo.zoo_spec import ZooSpec, plan_candidates
@@ -137,12 +137,8 @@ def findings_of(member: ZooMember, clean: Dataset, cache: Path, folder: Path,
 
 
 def sample_of(member: ZooMember, results: dict[str, tuple[Finding, float]]) -> Sample:
-    statistics = {}
-    for name, (finding, _) in results.items():
-        values = [statistic_of(finding, key) for key in STATISTICS.get(name, ())]
-        if finding.applicable and values and all(v is not None for v in values):
-            statistics[name] = tuple(float(v) for v in values)  # type: ignore[arg-type]
-    return Sample(member.backdoored, member.record.family, kind_of(member), statistics)
+    return Sample(member.backdoored, member.record.family, kind_of(member),
+                  statistics_of(finding for finding, _ in results.values()))
 
 
 def held_out_judgements(samples: list[Sample], findings: list[list[Finding]], chosen: list[tuple[str, ...]],
@@ -288,6 +284,10 @@ def main() -> None:
     print()
     if args.shard:
         return
+    for override in args.statistics:
+        detector = override.partition("=")[0]
+        if not any(detector in sample.statistics for sample in samples):
+            parser.error(f"--statistics {override}: no model's {detector} finding gives all of these statistics")
     labels_ = np.array([s.backdoored for s in samples])
     table("Detectors on every kept model (AUC of each statistic; TPR/FPR at the detector's own threshold, if any)",
           detector_rows(labels_, findings, seconds))

@@ -1,6 +1,6 @@
 """Trigger reverse-engineering on fresh MNIST models: clean ones must not be flagged, backdoored ones must be.
 
-    .venv/bin/python -m bench.reverse [--seeds 2] [--families cnn2-max,lenet5,...] [--threads 2]
+    .venv/bin/python -m bench.reverse [--seeds 2] [--first-seed 0] [--families cnn2-max,lenet5,...] [--threads 2]
 
 For every architecture family of :mod:`worker.zoo.architectures` and every seed it trains (seeded, cached as NPZ
 under ``$BDSCREEN_CACHE/reverse-bench``) a clean model and a backdoored twin (a white 3x3 or 4x4 patch at a seeded
@@ -74,7 +74,9 @@ def attack(seed: int) -> Poisoning:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="how many seeds, from --first-seed on")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds 0 and 1 suggested weighing the runner-up ratio; from 2 on, nothing was chosen")
     parser.add_argument("--families", default=",".join(family_names()))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -86,7 +88,7 @@ def main() -> None:
     print(f"{'family':12s} {'seed':>4s} {'kind':8s} {'acc':>5s} {'asr':>5s} {'score':>6s} {'anomaly':>7s} "
           f"{'cut':>5s} {'suspect':>8s} {'ratio':>6s} {'verdict':>7s} {'cpu_s':>6s}")
     for family in args.families.split(","):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             poison = attack(seed)
             for poisoning in (None, poison):
                 model = trained(family, seed, poisoning, train_x, train_y)

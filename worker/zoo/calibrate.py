@@ -9,11 +9,13 @@ estimators) out of the package.
 """
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from worker.engine.detect.verdict import CALIBRATION_FORMAT
+from schemas.report import Finding
+from worker.engine.detect.verdict import CALIBRATION_FORMAT, statistic_of
 
 #: The statistics each detector contributes to the verdict (keys that
 #: :func:`~worker.engine.detect.verdict.statistic_of` reads from its finding), each one feature of the regression.
@@ -30,6 +32,18 @@ class Sample:
     family: str
     kind: str  # 'clean', or the attack kind; all-to-all attacks are their own kind here
     statistics: dict[str, tuple[float, ...]]  # detector -> its statistics, only for detectors that ran and gave them
+
+
+def statistics_of(findings: Iterable[Finding]) -> dict[str, tuple[float, ...]]:
+    """A model's ``Sample.statistics``: per applicable detector, its ``STATISTICS`` values; a detector missing any of
+    them is left out (its regressions need them all)."""
+    statistics = {}
+    for finding in findings:
+        values = [statistic_of(finding, key) for key in STATISTICS.get(finding.detector, ())]
+        present = [v for v in values if v is not None]
+        if finding.applicable and values and len(present) == len(values):
+            statistics[finding.detector] = tuple(present)
+    return statistics
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50) -> tuple[np.ndarray, float]:

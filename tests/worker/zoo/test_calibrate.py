@@ -3,10 +3,11 @@
 import json
 
 import numpy as np
+import pytest
 
 from schemas.report import Finding, Verdict
 from worker.engine.detect.verdict import judge, load_calibration
-from worker.zoo.calibrate import STATISTICS, Sample, fit_calibration
+from worker.zoo.calibrate import STATISTICS, Sample, fit_calibration, statistics_of
 
 
 def samples(count: int = 40) -> list[Sample]:
@@ -41,7 +42,16 @@ def test_a_detector_with_two_statistics_gets_two_features_and_both_are_weighed(t
     assert judge([reverse_finding(1.1)], calibration).verdict == Verdict.clean
 
 
-def test_a_model_missing_one_of_a_detectors_statistics_is_left_out_of_its_regressions():
+def test_a_detector_missing_one_of_its_statistics_or_not_applicable_gives_none():
+    mmbd = Finding(detector="mmbd", applicable=True, score=0.2, reason="m", evidence={"log_anomaly": 1.5})
+    skipped = Finding(detector="ulp", applicable=False, reason="no bank fits", evidence={"log_odds": 2.0})
+    assert statistics_of([reverse_finding(2.0), mmbd, skipped]) == {
+        "reverse": (pytest.approx(-2.1972, abs=1e-4), pytest.approx(0.6931, abs=1e-4)), "mmbd": (1.5,)}
+    no_ratio = reverse_finding(2.0).model_copy(update={"evidence": {}})
+    assert statistics_of([no_ratio, mmbd]) == {"mmbd": (1.5,)}
+
+
+def test_a_model_without_a_detectors_statistics_is_left_out_of_its_regressions():
     made = samples()
     made.append(Sample(True, "mlp", "blend", {"mmbd": (0.0,)}))
     content = fit_calibration(made, [("mmbd",), ("reverse",)])

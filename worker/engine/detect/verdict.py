@@ -58,17 +58,15 @@ def statistic_of(finding: Finding, key: str) -> float | None:
     median's, which is what sets it apart on models where many classes flip with a few pixels)."""
     if key in ("score", "score_log_odds"):
         value = finding.score
-    elif key == "log_runner_up_ratio":
-        ratio = finding.evidence.get("runner_up_ratio")
-        value = math.log(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0 \
-            else None
     else:
-        value = finding.evidence.get(key)
+        value = finding.evidence.get("runner_up_ratio" if key == "log_runner_up_ratio" else key)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None
     if key == "score_log_odds":
         value = min(max(value, SCORE_FLOOR), 1 - SCORE_FLOOR)
         return math.log(value / (1 - value))
+    if key == "log_runner_up_ratio":
+        return math.log(value) if value > 0 else None
     return float(value)
 
 
