@@ -13,8 +13,10 @@ Per row: the original's and the recommended repair's clean accuracy on the 2,000
 validation accuracy ('val', what the choice saw), the real attack success, the GoodNet's detection and false alarms,
 ok (R repair goal, G GoodNet goal on the inputs the attack works on); with ``--candidates`` also every repair built
 (learning rate, kept epoch, validation and evaluation accuracy, attack success, estimate; * the recommended one).
-Last: how much the validation part understates the clean-accuracy drop of every built candidate (negative: the
-choice sees a smaller drop than there is).
+The totals say on how many rows some built candidate met the repair goal: the most any choice rule could reach (a
+shortfall is the candidates' when that count is low, the choice's when it is high). Last: how much the validation
+part understates the clean-accuracy drop of every built candidate (negative: the choice sees a smaller drop than
+there is).
 """
 
 import argparse
@@ -65,6 +67,12 @@ def cached_triggers(folder: Path, model, inputs: ScanInputs) -> list[ReversedTri
     return triggers
 
 
+def meets_repair_goal(model, clean_before: float) -> bool:
+    """The issue's repair goal: real attack success <= 1 % at most 1 point of clean accuracy below the original."""
+    return (model.attack_success_rate is not None and model.clean_accuracy is not None
+            and model.attack_success_rate <= 0.01 and model.clean_accuracy >= clean_before - 0.01)
+
+
 def repair_row(name: str, folder: Path, onnx: Path) -> dict:
     inputs = ScanInputs(onnx, clean_data=folder / "clean.npz", eval_data=folder / "eval.npz",
                         poisoned_data=folder / "poisoned.npz")
@@ -90,7 +98,9 @@ def repair_row(name: str, folder: Path, onnx: Path) -> dict:
            "detection": goodnet.detection_rate if goodnet else None,
            "alarm": goodnet.false_alarm_rate if goodnet else None, "gaps": gaps,
            "candidates": [m for m in report.models if not m.shares_repair_with]}
-    row["R"] = bool(chosen and row["asr"] <= 0.01 and row["clean"] >= row["clean_before"] - 0.01)
+    row["R"] = bool(chosen and meets_repair_goal(chosen, base.clean_accuracy))
+    # Whether any built candidate met it: what the best choice rule could have done on this row.
+    row["reachable"] = any(meets_repair_goal(m, base.clean_accuracy) for m in row["candidates"])
     row["G"] = bool(goodnet and row["detection"] / row["asr_before"] >= 0.99 and row["alarm"] <= 0.01)
     return row
 
@@ -135,7 +145,8 @@ def main() -> None:
     fresh = rows[1:]  # the project's BadNet is always development
     print(f"repair goal {sum(r['R'] for r in rows)}/{len(rows)} ({sum(r['R'] for r in fresh)}/{len(fresh)} fresh "
           f"BadNets), GoodNet goal on working inputs {sum(r['G'] for r in rows)}/{len(rows)} "
-          f"({sum(r['G'] for r in fresh)}/{len(fresh)})")
+          f"({sum(r['G'] for r in fresh)}/{len(fresh)}); some built candidate met the repair goal on "
+          f"{sum(r['reachable'] for r in rows)}/{len(rows)} (the most any choice rule could reach)")
     print(f"validation minus evaluation clean-accuracy drop over {len(gaps)} candidates: {np.mean(gaps) * 100:+.2f} "
           "points" if gaps else "no candidate was built")
 
