@@ -50,6 +50,16 @@ def anomaly_indices(mask_l1: np.ndarray) -> np.ndarray:
     return (median - logs) / max(mad, 1e-3)
 
 
+def runner_up_ratio(mask_l1: np.ndarray, targets: np.ndarray) -> float:
+    """How many times larger the smallest trigger towards any other class is than the smallest of all (NaN with one
+    class). Another class, not the next candidate: in the source-specific search the pair next in size can be another
+    source to the same target (an all-to-one backdoor makes every source's pair small), which says nothing about
+    whether that target stands out."""
+    smallest = int(np.argmin(mask_l1))
+    others = mask_l1[targets != targets[smallest]]
+    return float(others.min()) / max(float(mask_l1[smallest]), 1e-9) if len(others) else float("nan")
+
+
 def anomaly_threshold(candidates: int) -> float:
     return ANOMALY_MARGIN + math.sqrt(2 * math.log(max(candidates, 2)))
 
@@ -141,10 +151,9 @@ class ReverseEngineeringDetector:
             context.triggers.extend(triggers)
         order = np.argsort(result.mask_l1)
         pixels = result.masks.shape[1] * result.masks.shape[2]
-        runner_up = float(result.mask_l1[order[1]]) if n > 1 else float("nan")
         top = triggers[0]
         artifacts = self._pictures(context, top, data)
-        what = "pair" if mode == "source-specific" else "class"
+        what, whats = ("pair", "pairs") if mode == "source-specific" else ("class", "classes")
         smallest = [{"target": int(result.targets[i]), **({"source": int(result.sources[i])} if result.sources[i] >= 0
                      else {}), "mask_l1_pixels": round(float(result.mask_l1[i]) * pixels, 1),
                      "reached_goal": bool(result.reached[i]), "anomaly_index": round(float(anomaly[i]), 3)}
@@ -155,7 +164,7 @@ class ReverseEngineeringDetector:
                     "anomaly_index": round(float(anomaly[best]), 3), "anomaly_threshold": round(cut, 3),
                     "candidates": n,
                     "smallest_mask_l1_pixels": round(float(result.mask_l1[best]) * pixels, 1),
-                    "runner_up_ratio": round(runner_up / max(float(result.mask_l1[order[0]]), 1e-9), 3),
+                    "runner_up_ratio": round(runner_up_ratio(result.mask_l1, result.targets), 3),
                     "median_mask_l1_pixels": round(float(np.median(result.mask_l1)) * pixels, 1),
                     "smallest_masks": smallest,
                     "triggers": [{"target": t.target, "source": t.source, "attack_success_held_out":
@@ -168,14 +177,14 @@ class ReverseEngineeringDetector:
             reason = (f"Backdoor suspected: a trigger covering {top.mask.mean():.1%} of the image sends "
                       f"{top.attack_success:.0%} of held-out clean inputs{source} to class {top.target}; its mask is "
                       f"{anomaly[best]:.1f} robust standard deviations smaller than the typical {what}'s (flagged "
-                      f"above {cut:.1f} for {n} {what}es searched), {evidence['runner_up_ratio']:.1f}x smaller "
-                      f"than the runner-up.")
+                      f"above {cut:.1f} for {n} {whats} searched), {evidence['runner_up_ratio']:.1f}x smaller "
+                      f"than the smallest towards any other class.")
         else:
             reason = (f"No abnormally small trigger: the smallest, for class {top.target}{source}, is "
                       f"{anomaly[best]:.1f} robust standard deviations below the typical {what}'s, under the "
-                      f"{cut:.1f} expected to be flagged among {n} {what}es; its mask is "
-                      f"{evidence['runner_up_ratio']:.1f}x smaller than the next smallest one's (a backdoor target's "
-                      f"is usually well ahead of every other {what}'s, which the verdict weighs too).")
+                      f"{cut:.1f} expected to be flagged among {n} {whats}; its mask is "
+                      f"{evidence['runner_up_ratio']:.1f}x smaller than the smallest towards any other class (a "
+                      f"backdoor target's is usually well ahead of every other class's, which the verdict weighs too).")
         return Finding(detector=self.name, applicable=True, score=round(score, 6), threshold=THRESHOLD,
                        reason=reason, suspected_targets=sorted({t.target for t in triggers}) if flagged else [],
                        evidence=evidence, artifacts=artifacts)

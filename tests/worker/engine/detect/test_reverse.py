@@ -11,7 +11,7 @@ from worker.engine.data import Dataset
 from worker.engine.detect import DETECTORS
 from worker.engine.detect.base import DetectionContext
 from worker.engine.detect.prescreen import PrescreenSettings, Round, prescreen
-from worker.engine.detect.reverse import ReverseEngineeringDetector, anomaly_indices, score_of
+from worker.engine.detect.reverse import ReverseEngineeringDetector, anomaly_indices, runner_up_ratio, score_of
 from worker.engine.detect.trigger_search import SearchSettings, trigger_search
 from worker.engine.preprocess import Preprocessing, model_input
 from worker.engine.scan import run_detectors
@@ -60,14 +60,27 @@ def test_the_clean_twin_is_not_flagged_and_hands_on_no_trigger(tmp_path: Path) -
     assert finding.evidence["leading_target"] == finding.evidence["smallest_masks"][0]["target"]
     assert context.triggers == []
     assert "No abnormally small trigger" in finding.reason
+    searched = "pairs" if finding.evidence["mode"] == "source-specific" else "classes"
+    assert f"among {finding.evidence['candidates']} {searched};" in finding.reason
     # The runner-up ratio the verdict weighs is in the words too.
-    assert f"{finding.evidence['runner_up_ratio']:.1f}x smaller than the next smallest" in finding.reason
+    assert f"{finding.evidence['runner_up_ratio']:.1f}x smaller than the smallest towards any other class" \
+        in finding.reason
+
+
+def test_the_runner_up_is_the_smallest_trigger_towards_another_class() -> None:
+    """Pairs 1->3 and 2->3 are both small: the ratio compares target 3 with class 5, not with itself."""
+    l1 = np.array([0.01, 0.02, 0.04, 0.08])
+    assert runner_up_ratio(l1, np.array([3, 3, 5, 6])) == pytest.approx(4.0)
+    assert runner_up_ratio(l1, np.array([3, 4, 5, 6])) == pytest.approx(2.0)  # all-to-one: the next candidate
+    assert np.isnan(runner_up_ratio(l1[:2], np.array([3, 3])))
 
 
 def test_an_all_to_all_backdoor_is_flagged(tmp_path: Path) -> None:
     context = _context(PlantedModel("all-to-all"), samples(60), tmp_path)
     finding = ReverseEngineeringDetector(QUICK).detect(context)
     assert finding.score is not None and finding.threshold is not None and finding.score >= finding.threshold
+    searched = "pairs" if finding.evidence["mode"] == "source-specific" else "classes"
+    assert f"for {finding.evidence['candidates']} {searched} searched" in finding.reason
     for trigger in context.triggers:  # a flagged pair is a planted one: source s goes to s + 1
         if trigger.source is not None:
             assert trigger.target == (trigger.source + 1) % 5
