@@ -64,7 +64,10 @@ def test_the_demo_stops_its_service_on_sigterm_and_sigint(fixtures, tmp_path, si
     script = ("import sys; from pathlib import Path; from worker.demo.run import scan_through_service; "
               f"sys.exit(scan_through_service([{str(fixtures / 'mnist/csaw_c_clean_label_bd_net.h5')!r}, "
               f"'--detectors', 'none'], Path({str(out)!r}), keep_serving=True))")
-    demo = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    # Started with SIGINT ignored, as a shell without job control starts a background command: the demo must still
+    # stop on it.
+    demo = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     lines = []
     for line in demo.stderr:  # the scan runs, then the demo says it keeps serving
         lines.append(line)

@@ -85,12 +85,15 @@ def _die_with_parent() -> None:
     die()
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM as SystemExit, so the ``finally`` that stops the service runs (Python's default ends at once)."""
+def _stop_on_signals() -> None:
+    """SIGTERM as SystemExit, so the ``finally`` that stops the service runs (Python's default ends at once), and
+    SIGINT as KeyboardInterrupt even when it was inherited ignored: a shell without job control starts background
+    commands with SIGINT ignored, and Python then leaves it so, which made the demo deaf to ``kill -INT``."""
     def handler(signum: int, _frame) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 #: The multipart file fields besides ``model``; ``bdscreen scan`` has a flag for each (``--clean-data``, ...).
@@ -117,7 +120,7 @@ def scan_through_service(scan_args: Sequence[str], out: Path, keep_serving: bool
     """Start the service, run ``bdscreen scan SCAN_ARGS --server URL --download OUT`` against it, stop it.
 
     Returns the client's exit code (0 clean, 1 backdoored, 3 inconclusive, 2 error)."""
-    _stop_on_sigterm()
+    _stop_on_signals()
     log = out / "service.log"
     server, url = start_service(out / "service", log)
     try:
