@@ -29,6 +29,7 @@ import torch
 from bench import FIXTURES
 from bench.detect import detectors_key
 from bench.repair_cases import DEV_SEEDS, FAMILIES, KINDS, CaseSpec, build_case, is_development, split_of
+from schemas.report import RepairedModel
 from schemas.scan import ScanOptions
 from worker.demo.badnet import mnist_badnet
 from worker.engine.canonical import default_device
@@ -67,7 +68,7 @@ def cached_triggers(folder: Path, model, inputs: ScanInputs) -> list[ReversedTri
     return triggers
 
 
-def meets_repair_goal(model, clean_before: float) -> bool:
+def meets_repair_goal(model: RepairedModel, clean_before: float) -> bool:
     """The issue's repair goal: real attack success <= 1 % at most 1 point of clean accuracy below the original."""
     return (model.attack_success_rate is not None and model.clean_accuracy is not None
             and model.attack_success_rate <= 0.01 and model.clean_accuracy >= clean_before - 0.01)
