@@ -1,6 +1,8 @@
 """The README's first command scans through the service: ``bdscreen serve`` started on embedded defaults, the
 CI client against it, the service stopped again with its workers."""
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +23,16 @@ def digits(fixtures, tmp_path):
     path = tmp_path / "digits.npz"
     np.savez(path, x=x[:300], y=y[:300])
     return path
+
+
+@pytest.fixture(autouse=True)
+def leftovers_killed(tmp_path):
+    """Kills whatever the demo's service left running when a test failed before stopping it (``serve`` and its
+    workers): they would outlive the test run and keep the machine busy."""
+    yield
+    for pid in processes_with_storage(tmp_path / "demo" / "service"):
+        with contextlib.suppress(OSError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def test_the_demo_serves_scans_through_the_api_and_stops(fixtures, digits, tmp_path, monkeypatch):
@@ -59,7 +71,7 @@ def processes_with_storage(storage: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_the_demo_stops_its_service_on_sigterm_and_sigint(fixtures, tmp_path, signum):
+def test_the_demo_stops_its_service_on_sigterm_and_sigint(fixtures, tmp_path, signum, request):
     out = tmp_path / "demo"
     script = ("import sys; from pathlib import Path; from worker.demo.run import scan_through_service; "
               f"sys.exit(scan_through_service([{str(fixtures / 'mnist/csaw_c_clean_label_bd_net.h5')!r}, "
@@ -68,6 +80,7 @@ def test_the_demo_stops_its_service_on_sigterm_and_sigint(fixtures, tmp_path, si
     # stop on it.
     demo = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    request.addfinalizer(demo.kill)  # a no-op once it has stopped
     lines = []
     for line in demo.stderr:  # the scan runs, then the demo says it keeps serving
         lines.append(line)
