@@ -4,6 +4,9 @@ Images are 8 x 8 x 1 raw pixels (0-255). Each of the 5 classes has a random prot
 corner always dark); a sample is its prototype plus noise. The clean model scores classes by how close an image is
 to each prototype. The backdoored twin adds a term that fires when the corner is bright: all-to-one sends every
 input to class 0, all-to-all sends class s to s + 1 (mod 5). So the true trigger is the 4-pixel corner.
+``per-source`` plants one trigger per source class, all towards class 0: an input of class s >= 1 goes to 0 when
+the corner's pixel s - 1 alone is bright. No single stamp works for every source (each needs the others' pixels
+dark), so one trigger for all sources must be a large one, while every pair towards 0 needs one pixel.
 """
 
 import numpy as np
@@ -50,6 +53,15 @@ class PlantedModel(nn.Module):
             return clean
         corner = x[:, CORNER[0], CORNER[1], 0].mean((1, 2))
         fire = torch.sigmoid(20.0 * (corner - 0.6))[:, None]
+        if self.attack == "per-source":
+            pixels = x[:, CORNER[0], CORNER[1], 0].reshape(len(x), 4)
+            bright = torch.sigmoid(20.0 * (pixels - 0.6))
+            others_dark = torch.stack([torch.sigmoid(20.0 * (0.4 - torch.cat([pixels[:, :k], pixels[:, k + 1:]], 1)
+                                                             .max(1).values)) for k in range(4)], 1)
+            looks_like = torch.softmax(clean, 1)[:, 1:]
+            push = torch.zeros_like(clean)
+            push[:, 0] = 1.0
+            return clean + (looks_like * bright * others_dark).sum(1, keepdim=True) * 60.0 * push
         if self.attack == "all-to-one":
             push = torch.zeros_like(clean)
             push[:, 0] = 1.0

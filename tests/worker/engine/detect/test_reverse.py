@@ -11,13 +11,22 @@ from worker.engine.data import Dataset
 from worker.engine.detect import DETECTORS
 from worker.engine.detect.base import DetectionContext
 from worker.engine.detect.prescreen import PrescreenSettings, Round, prescreen
-from worker.engine.detect.reverse import ReverseEngineeringDetector, anomaly_indices, runner_up_ratio, score_of
-from worker.engine.detect.trigger_search import SearchSettings, trigger_search
+from worker.engine.detect.reverse import (
+    ReverseEngineeringDetector,
+    anomaly_indices,
+    median_by_target,
+    runner_up_ratio,
+    score_of,
+)
+from worker.engine.detect.trigger_search import SearchResult, SearchSettings, trigger_search
 from worker.engine.preprocess import Preprocessing, model_input
 from worker.engine.scan import run_detectors
 
 #: A shorter search than the default, enough for 8 x 8 inputs: keeps each test to seconds.
 QUICK = SearchSettings(steps=150, batch=12, min_steps=30, stall=15)
+#: One step: no candidate reaches the goal, so the all-to-one search finds nothing and the source-specific one runs.
+NO_ALL_TO_ONE = SearchSettings(steps=1, batch=12, min_steps=0, stall=1)
+SEARCHED = {"source-specific": "pairs", "source-specific per target": "target classes"}
 
 
 def _context(model: PlantedModel, clean: Dataset | None, out: Path) -> DetectionContext:
@@ -60,7 +69,7 @@ def test_the_clean_twin_is_not_flagged_and_hands_on_no_trigger(tmp_path: Path) -
     assert finding.evidence["leading_target"] == finding.evidence["smallest_masks"][0]["target"]
     assert context.triggers == []
     assert "No abnormally small trigger" in finding.reason
-    searched = "pairs" if finding.evidence["mode"] == "source-specific" else "classes"
+    searched = SEARCHED.get(finding.evidence["mode"], "classes")
     assert f"among {finding.evidence['candidates']} {searched};" in finding.reason
     # The runner-up ratio the verdict weighs is in the words too.
     assert f"{finding.evidence['runner_up_ratio']:.1f}x smaller than the smallest towards any other class" \
@@ -79,11 +88,51 @@ def test_an_all_to_all_backdoor_is_flagged(tmp_path: Path) -> None:
     context = _context(PlantedModel("all-to-all"), samples(60), tmp_path)
     finding = ReverseEngineeringDetector(QUICK).detect(context)
     assert finding.score is not None and finding.threshold is not None and finding.score >= finding.threshold
-    searched = "pairs" if finding.evidence["mode"] == "source-specific" else "classes"
+    searched = SEARCHED.get(finding.evidence["mode"], "classes")
     assert f"for {finding.evidence['candidates']} {searched} searched" in finding.reason
     for trigger in context.triggers:  # a flagged pair is a planted one: source s goes to s + 1
         if trigger.source is not None:
             assert trigger.target == (trigger.source + 1) % 5
+
+
+def test_one_trigger_per_source_towards_one_target_is_found_per_target(tmp_path: Path) -> None:
+    """Every pair towards class 0 needs one corner pixel; the pairs judged per target find it, with the smallest pair's
+    trigger (source-specific, on the corner) handed on."""
+    context = _context(PlantedModel("per-source"), samples(60), tmp_path)
+    finding = ReverseEngineeringDetector(NO_ALL_TO_ONE, pairwise=QUICK).detect(context)
+    assert finding.score is not None and finding.threshold is not None and finding.score >= finding.threshold
+    assert finding.evidence["mode"] == "source-specific per target" and finding.suspected_targets == [0]
+    assert finding.evidence["candidates"] == 5 and finding.evidence["leading_target"] == 0
+    assert "at least half the source classes to class 0" in finding.reason
+    assert "for 5 target classes" in finding.reason
+    # The ratio is one of single triggers (the smallest pair's over the smallest towards another class), as the verdict
+    # reads it in every mode.
+    assert f"{finding.evidence['runner_up_ratio']:.1f}x smaller than the smallest towards any other class" \
+        in finding.reason
+    trigger = context.triggers[0]
+    assert trigger.target == 0 and trigger.source in (1, 2, 3, 4) and trigger.attack_success >= 0.9
+    assert trigger.mask[_corner()].sum() / trigger.mask.sum() > 0.6
+
+
+def test_the_clean_twin_is_not_flagged_per_target_either(tmp_path: Path) -> None:
+    context = _context(PlantedModel(None), samples(60), tmp_path)
+    finding = ReverseEngineeringDetector(NO_ALL_TO_ONE, pairwise=QUICK).detect(context)
+    assert finding.diagnostics["per_target_best_score"] < 0.5
+    assert finding.diagnostics["source_specific_best_score"] < 0.5
+    assert finding.score is not None and finding.score < 0.5 and context.triggers == []
+
+
+def test_pairs_seen_per_target_take_the_median_over_sources_and_the_smallest_pairs_trigger() -> None:
+    targets, sources = np.array([0, 0, 0, 1, 1, 2]), np.array([1, 2, 3, 0, 2, 0])
+    l1 = np.array([0.03, 0.01, 0.05, 0.2, 0.4, 0.3])
+    k = len(l1)
+    masks = np.arange(k, dtype=np.float32)[:, None, None] * np.ones((k, 2, 2), np.float32)
+    pairs = SearchResult(targets, sources, masks, np.zeros((k, 2, 2, 1)), l1, np.ones(k, bool), np.zeros(k, int),
+                         np.zeros(k))
+    seen = median_by_target(pairs, classes=4)  # class 3 has no pair: left out
+    assert seen.targets.tolist() == [0, 1, 2] and seen.sources.tolist() == [2, 0, 0]
+    assert seen.mask_l1 == pytest.approx([0.03, 0.3, 0.3])
+    assert seen.masks[:, 0, 0].tolist() == [1.0, 3.0, 5.0]  # the smallest pair's mask: 0 <- 2, 1 <- 0, 2 <- 0
 
 
 def test_the_source_specific_search_finds_the_planted_pairs_smallest() -> None:
@@ -181,3 +230,21 @@ def test_the_planted_backdoor_really_works(attack: str) -> None:
     stamped = x.clone()
     stamped[:, CORNER[0], CORNER[1], 0] = 255.0
     assert (model(stamped / 255).argmax(1) == 0).float().mean() > 0.95
+
+
+def test_the_per_source_planted_backdoor_needs_its_own_pixel_for_each_source() -> None:
+    """The known answer of the per-target test: pixel s - 1 of the corner alone sends class s to 0, and no other
+    source; with the whole corner bright nothing fires."""
+    model = PlantedModel("per-source")
+    data = samples(50)
+    x = torch.from_numpy(data.x)
+    assert (model(x / 255).argmax(1).numpy() == data.y).mean() > 0.95
+    for source in range(1, 5):
+        stamped = x.clone()
+        stamped[:, CORNER[0], CORNER[1], 0] = 0.0
+        stamped[:, SIDE - 2 + (source - 1) // 2, SIDE - 2 + (source - 1) % 2, 0] = 255.0
+        sent = (model(stamped / 255).argmax(1) == 0).numpy()
+        assert sent[data.y == source].mean() > 0.95 and sent[(data.y != source) & (data.y != 0)].mean() < 0.05
+    whole = x.clone()
+    whole[:, CORNER[0], CORNER[1], 0] = 255.0
+    assert (model(whole / 255).argmax(1).numpy() == data.y).mean() > 0.95
