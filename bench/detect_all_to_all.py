@@ -74,7 +74,7 @@ def main() -> None:
     report_findings = [[f for f, _ in r.values()] for r in report_results]
     clean_scores = held_out_scores(report, report_findings, chosen, shipped.threshold, shipped.combine)
     clean_scores = clean_scores[~np.array([s.backdoored for s in report])]
-    print(f"\n{'family':11s} {'trigger':8s} {'attack %':>8s} {'verdict':>8s} {'reverse':>8s} {'mode':16s} "
+    print(f"\n{'family':11s} {'trigger':8s} {'attack %':>8s} {'verdict':>8s} {'reverse':>8s} {'mode':26s} "
           f"{'mmbd':>6s} {'ulp':>6s}")
     scores = []
     for member, results in zip(attacked, attacked_results, strict=True):
@@ -86,7 +86,7 @@ def main() -> None:
         scores.append(judge(used, calibration).score or 0.0)
         print(f"{member.record.family:11s} {member.record.attack['kind']:8s} "
               f"{100 * (member.record.attack_success or 0):8.1f} {scores[-1]:8.3f} {findings['reverse'].score:8.3f} "
-              f"{findings['reverse'].evidence.get('mode', '-'):16s} {findings['mmbd'].score:6.3f} "
+              f"{findings['reverse'].evidence.get('mode', '-'):26s} {findings['mmbd'].score:6.3f} "
               f"{findings['ulp'].score:6.3f}")
     labels_ = np.r_[np.ones(len(scores), bool), np.zeros(len(clean_scores), bool)]
     auc, tpr, fpr = rates(labels_, np.r_[scores, clean_scores], shipped.threshold)

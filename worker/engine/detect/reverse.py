@@ -47,6 +47,11 @@ MAX_TRIGGERS = 3
 #: The source-specific search runs classes * (classes - 1) candidates on one source's images each: fewer images
 #: per step and fewer steps keep it within a few times the all-to-one search.
 PAIRWISE_SEARCH = SearchSettings(steps=150, batch=8, min_steps=40, stall=20, verify_images=24)
+#: The finding's ``mode``: which search, and how its candidates were judged.
+ALL_TO_ONE, PAIRS, PER_TARGET = "all-to-one", "source-specific", "source-specific per target"
+#: What one candidate of each mode is, singular and plural, in the reason's words.
+CANDIDATE_WORDS = {ALL_TO_ONE: ("class", "classes"), PAIRS: ("pair", "pairs"),
+                   PER_TARGET: ("target class", "target classes")}
 
 
 def anomaly_indices(mask_l1: np.ndarray) -> np.ndarray:
@@ -132,26 +137,25 @@ class ReverseEngineeringDetector:
                              "held_out_kind": data.held_out_kind}
         targets, screened = self._candidates(forward, images, labels, classes, context.seed, data, diagnostics)
         result = trigger_search(forward, images, labels, targets, None, self.search, context.seed, data.value_range)
-        mode = "all-to-one"
+        mode = ALL_TO_ONE
         anomaly = anomaly_indices(result.mask_l1)
         # The runner-up ratio is always one of single triggers, also when the pairs are judged per target: that is the
         # statistic the verdict's calibration was fitted on (a ratio of the targets' medians would be another one).
         triggers_found = result
-        if (score_of(float(anomaly.max()), len(anomaly)) < THRESHOLD and classes <= PAIRWISE_CLASSES
+        if (margin_of(anomaly) < 0 and classes <= PAIRWISE_CLASSES
                 and len(np.unique(data.labels)) >= 2):
             pairs = [(s, t) for s in np.unique(data.labels).tolist() for t in range(classes) if s != t]
             pair_result = trigger_search(forward, images, labels, [t for _, t in pairs], [s for s, _ in pairs],
                                          self.pairwise, context.seed + 1, data.value_range)
             pair_anomaly = anomaly_indices(pair_result.mask_l1)
             if margin_of(pair_anomaly) > margin_of(anomaly):
-                result, anomaly, mode, triggers_found = pair_result, pair_anomaly, "source-specific", pair_result
+                result, anomaly, mode, triggers_found = pair_result, pair_anomaly, PAIRS, pair_result
             # Judged per target, the finding replaces the one above only when it flags: below its cut it raised clean
             # models' scores (up to 0.41) and displaced all-to-one findings whose runner-up ratio the verdict reads.
             by_target = median_by_target(pair_result, classes)
             target_anomaly = anomaly_indices(by_target.mask_l1)
             if margin_of(target_anomaly) > max(0.0, margin_of(anomaly)):
-                result, anomaly, mode, triggers_found = by_target, target_anomaly, "source-specific per target", \
-                    pair_result
+                result, anomaly, mode, triggers_found = by_target, target_anomaly, PER_TARGET, pair_result
             diagnostics.update(
                 source_specific_best_score=round(score_of(float(pair_anomaly.max()), len(pair_anomaly)), 4),
                 per_target_best_score=round(score_of(float(target_anomaly.max()), len(target_anomaly)), 4))
@@ -193,9 +197,8 @@ class ReverseEngineeringDetector:
         pixels = result.masks.shape[1] * result.masks.shape[2]
         top = triggers[0]
         artifacts = self._pictures(context, top, data)
-        per_target = mode == "source-specific per target"
-        what, whats = {"source-specific": ("pair", "pairs"),
-                       "source-specific per target": ("target class", "target classes")}.get(mode, ("class", "classes"))
+        per_target = mode == PER_TARGET
+        what, whats = CANDIDATE_WORDS[mode]
         smallest = [{"target": int(result.targets[i]), **({"source": int(result.sources[i])} if result.sources[i] >= 0
                      else {}), "mask_l1_pixels": round(float(result.mask_l1[i]) * pixels, 1),
                      "reached_goal": bool(result.reached[i]), "anomaly_index": round(float(anomaly[i]), 3)}

@@ -54,8 +54,9 @@ def statistic_of(finding: Finding, key: str) -> float | None:
     'score' itself; 'score_log_odds', its log-odds (for a detector whose score already measures its statistic against
     that statistic's own null, as ``reverse`` does against the expected maximum of its candidates); and
     'log_runner_up_ratio', the log of ``evidence['runner_up_ratio']`` (``reverse``: how many times smaller the
-    smallest trigger is than the next one; a backdoor target's is ahead of every other class's, not only of the
-    median's, which is what sets it apart on models where many classes flip with a few pixels)."""
+    smallest trigger is than the smallest towards any other class; a backdoor target's is ahead of every other
+    class's, not only of the median's, which is what sets it apart on models where many classes flip with a few
+    pixels)."""
     if key in ("score", "score_log_odds"):
         value = finding.score
     else:

@@ -51,8 +51,6 @@ class PlantedModel(nn.Module):
         clean = -20.0 * torch.cdist(flat, self.protos) / SIDE
         if self.attack is None:
             return clean
-        corner = x[:, CORNER[0], CORNER[1], 0].mean((1, 2))
-        fire = torch.sigmoid(20.0 * (corner - 0.6))[:, None]
         if self.attack == "per-source":
             pixels = x[:, CORNER[0], CORNER[1], 0].reshape(len(x), 4)
             bright = torch.sigmoid(20.0 * (pixels - 0.6))
@@ -62,6 +60,8 @@ class PlantedModel(nn.Module):
             push = torch.zeros_like(clean)
             push[:, 0] = 1.0
             return clean + (looks_like * bright * others_dark).sum(1, keepdim=True) * 60.0 * push
+        corner = x[:, CORNER[0], CORNER[1], 0].mean((1, 2))
+        fire = torch.sigmoid(20.0 * (corner - 0.6))[:, None]
         if self.attack == "all-to-one":
             push = torch.zeros_like(clean)
             push[:, 0] = 1.0
