@@ -247,6 +247,34 @@ def detector_rows(labels: np.ndarray, findings: list[list[Finding]], seconds: di
     return rows
 
 
+def screen(spec: ZooSpec, images: np.ndarray, labels: np.ndarray, clean: Dataset, folder: Path,
+           shard: tuple[int, ...], oracle_triggers: bool):
+    """The zoo's key, and for each kept member of this shard (``(I, N)``: every N-th from the I-th) its findings and
+    its attack's target (None: clean or all-to-all), screening what the cache does not hold yet."""
+    start = time.perf_counter()
+    zoo = generate_zoo(spec, images, labels, progress=print)
+    print(f"zoo {zoo.key}: {len(zoo.records)} candidates, {sum(r.kept for r in zoo.records)} kept "
+          f"({time.perf_counter() - start:.0f} s)")
+    cache = cache_root() / "detect-stats" / zoo.key / (detectors_key() + ("-oracle" if oracle_triggers else ""))
+    cache.mkdir(parents=True, exist_ok=True)
+    members = zoo.members()
+    plan = {c.index: c.attack for c in plan_candidates(spec)}
+    attacks = [a for a in plan.values() if a is not None]
+    screened = []
+    for number, member in enumerate(members):
+        if number % shard[1] != shard[0]:
+            continue
+        oracle = None
+        if oracle_triggers:
+            attack = plan[member.record.index] if member.backdoored else attacks[member.record.index % len(attacks)]
+            oracle = oracle_trigger(attack)  # type: ignore[arg-type]
+        target = plan[member.record.index].poisoning.target if member.backdoored else None  # type: ignore[union-attr]
+        screened.append((member, findings_of(member, clean, cache, folder, oracle), target))
+        print(f"\r{number + 1}/{len(members)} models screened", end="", flush=True)
+    print()
+    return zoo.key, screened
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=seeds, default=[2026],
@@ -276,40 +304,20 @@ def main() -> None:
         STATISTICS[detector] = tuple(keys.split(","))
     torch.set_num_threads(args.threads)
     images, labels, clean = mnist_zoo_data()
-    samples, findings, seconds, targets, zoo_seeds = [], [], {}, [], []
-    keys = []
+    samples, findings, seconds, targets, zoo_seeds, keys = [], [], {}, [], [], []
+    shard = tuple(int(part) for part in args.shard.split("/")) if args.shard else (0, 1)
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seed:
-            spec = zoo_spec(seed, args.models_per_family)
-            start = time.perf_counter()
-            zoo = generate_zoo(spec, images, labels, progress=print)
-            keys.append(zoo.key)
-            print(f"zoo {zoo.key}: {len(zoo.records)} candidates, {sum(r.kept for r in zoo.records)} kept "
-                  f"({time.perf_counter() - start:.0f} s)")
-            cache = cache_root() / "detect-stats" / zoo.key / (detectors_key() +
-                                                               ("-oracle" if args.oracle_triggers else ""))
-            cache.mkdir(parents=True, exist_ok=True)
-            members = zoo.members()
-            plan = {c.index: c.attack for c in plan_candidates(spec)}
-            attacks = [a for a in plan.values() if a is not None]
-            shard, shards = (int(part) for part in args.shard.split("/")) if args.shard else (0, 1)
-            for number, member in enumerate(members):
-                if number % shards != shard:
-                    continue
-                oracle = None
-                if args.oracle_triggers:
-                    attack = plan[member.record.index] if member.backdoored \
-                        else attacks[member.record.index % len(attacks)]
-                    oracle = oracle_trigger(attack)
-                results = findings_of(member, clean, cache, Path(folder), oracle)
+            key, screened = screen(zoo_spec(seed, args.models_per_family), images, labels, clean, Path(folder),
+                                   shard, args.oracle_triggers)
+            keys.append(key)
+            for member, results, target in screened:
                 samples.append(sample_of(member, results))
-                targets.append(plan[member.record.index].poisoning.target if member.backdoored else None)  # type: ignore[union-attr]
+                targets.append(target)
                 findings.append([f for f, _ in results.values()])
                 zoo_seeds.append(seed)
                 for name, (_, took) in results.items():
                     seconds.setdefault(name, []).append(took)
-                print(f"\r{number + 1}/{len(members)} models screened", end="", flush=True)
-            print()
     if args.shard:
         return
     for override in args.statistics:
