@@ -264,10 +264,9 @@ def screen(spec: ZooSpec, images: np.ndarray, labels: np.ndarray, clean: Dataset
     for number, member in enumerate(members):
         if number % shard[1] != shard[0]:
             continue
-        oracle = None
-        if oracle_triggers:
-            attack = plan[member.record.index] if member.backdoored else attacks[member.record.index % len(attacks)]
-            oracle = oracle_trigger(attack)  # type: ignore[arg-type]
+        # A clean member's oracle is another member's attack (a clean model has no trigger of its own).
+        oracle = oracle_trigger(plan[member.record.index] or attacks[member.record.index % len(attacks)]) \
+            if oracle_triggers else None
         target = plan[member.record.index].poisoning.target if member.backdoored else None  # type: ignore[union-attr]
         screened.append((member, findings_of(member, clean, cache, folder, oracle), target))
         print(f"\r{number + 1}/{len(members)} models screened", end="", flush=True)
