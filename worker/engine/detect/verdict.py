@@ -56,7 +56,12 @@ def statistic_of(finding: Finding, key: str) -> float | None:
     'log_runner_up_ratio', the log of ``evidence['runner_up_ratio']`` (``reverse``: how many times smaller the
     smallest trigger is than the smallest towards any other class; a backdoor target's is ahead of every other
     class's, not only of the median's, which is what sets it apart on models where many classes flip with a few
-    pixels)."""
+    pixels; None, so not weighed, when the finding flagged with the pair-level search)."""
+    if key == "log_runner_up_ratio" and _flags_pairs(finding):
+        # An all-to-all backdoor makes a small pair towards every target, so the ratio's premise (a backdoor target
+        # is ahead of every other class) does not hold for a pair-level finding that flagged: on all-to-all BadNets
+        # it pulled the verdict under the threshold while `reverse` flagged (all-to-all seed 9, mlp sparse: 0.998).
+        return None
     if key in ("score", "score_log_odds"):
         value = finding.score
     else:
@@ -69,6 +74,12 @@ def statistic_of(finding: Finding, key: str) -> float | None:
     if key == "log_runner_up_ratio":
         return math.log(value) if value > 0 else None
     return float(value)
+
+
+def _flags_pairs(finding: Finding) -> bool:
+    """Whether ``finding`` flagged with the pair-level source-specific search (``reverse.PAIRS``; not imported: the
+    verdict stays free of the detectors' torch code)."""
+    return finding.evidence.get("mode") == "source-specific" and _flags(finding)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,24 @@ def test_log_runner_up_ratio_reads_the_ratio_on_the_log_scale():
         assert statistic_of(ratio(unusable), "log_runner_up_ratio") is None
 
 
+def test_the_ratio_of_a_pair_level_finding_that_flagged_is_not_weighed():
+    """An all-to-all backdoor makes a pair towards every target small: its ratio of about 1 says nothing there."""
+    def finding(mode: str, score: float) -> Finding:
+        return Finding(detector="reverse", applicable=True, score=score, threshold=0.5, reason="",
+                       evidence={"mode": mode, "runner_up_ratio": 1.02})
+
+    assert statistic_of(finding("source-specific", 0.99), "log_runner_up_ratio") is None
+    assert statistic_of(finding("source-specific", 0.99), "score_log_odds") == pytest.approx(math.log(99))
+    for kept in (finding("source-specific", 0.2), finding("all-to-one", 0.99),
+                 finding("source-specific per target", 0.99)):
+        assert statistic_of(kept, "log_runner_up_ratio") == pytest.approx(math.log(1.02))
+    # The same flagged pair-level finding scores higher once its ratio is not held against it.
+    shipped = load_calibration()
+    pairs = finding("source-specific", 0.9)
+    as_all_to_one = finding("all-to-one", 0.9)
+    assert judge([pairs], shipped).score > judge([as_all_to_one], shipped).score  # type: ignore[operator]
+
+
 def test_the_shipped_calibration_weighs_reverse_on_its_score_log_odds_and_runner_up_ratio():
     shipped = load_calibration()
     for regression in shipped.regressions:
