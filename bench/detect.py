@@ -218,9 +218,12 @@ def per_zoo(samples: list[Sample], scores: np.ndarray, zoo_seeds: list[int], thr
 def seeds(text: str) -> list[int]:
     """``--seed``'s value: one zoo seed or several, comma-separated."""
     try:
-        return [int(part) for part in text.split(",")]
+        parsed = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seeds like 2029 or 2029,2030, got {text!r}") from None
+    if len(set(parsed)) < len(parsed):  # a zoo pooled twice would count each of its models twice
+        raise argparse.ArgumentTypeError(f"each seed once, got {text!r}")
+    return parsed
 
 
 #: Further figures of the findings whose separation is worth printing beside the verdict's statistic.

@@ -21,21 +21,18 @@ import torch
 from bench.detect import (
     FAMILIES,
     calibration_from,
-    detectors_key,
-    findings_of,
     held_out_scores,
     kind_of,
     mnist_zoo_data,
     rates,
     sample_of,
+    screen,
     zoo_spec,
 )
-from worker.engine.data import Dataset
 from worker.engine.detect.verdict import judge, load_calibration
 from worker.zoo.attack_sampling import AttackRanges
 from worker.zoo.batched import TrainingSettings
 from worker.zoo.calibrate import fit_calibration
-from worker.zoo.zoo import cache_root, generate_zoo
 from worker.zoo.zoo_spec import ZooSpec
 
 
@@ -45,15 +42,6 @@ def all_to_all_spec(seed: int, per_family: int) -> ZooSpec:
                    attacks=AttackRanges(poison_rates=(0.3, 0.5), all_to_all_fraction=1.0),
                    training=TrainingSettings(epochs=12), splits=(1.0, 0.0, 0.0), min_attack_success=0.8,
                    group_size=16, seed=seed)
-
-
-def screened(spec: ZooSpec, images: np.ndarray, labels: np.ndarray, clean: Dataset, folder: Path):
-    """The kept members of a zoo with each one's findings (cached under ``bench.detect``'s cache)."""
-    zoo = generate_zoo(spec, images, labels, progress=print)
-    cache = cache_root() / "detect-stats" / zoo.key / detectors_key()
-    cache.mkdir(parents=True, exist_ok=True)
-    members = zoo.members()
-    return members, [findings_of(member, clean, cache, folder) for member in members]
 
 
 def main() -> None:
@@ -67,9 +55,11 @@ def main() -> None:
     shipped = load_calibration()
     chosen = [tuple(sorted(r.detectors)) for r in shipped.regressions]
     with tempfile.TemporaryDirectory() as tmp:
-        report_members, report_results = screened(zoo_spec(2026, 14), images, labels, clean, Path(tmp))
-        attacked, attacked_results = screened(all_to_all_spec(args.seed, args.models_per_family), images, labels,
-                                              clean, Path(tmp))
+        _, report_rows = screen(zoo_spec(2026, 14), images, labels, clean, Path(tmp), (0, 1), False)
+        _, attacked_rows = screen(all_to_all_spec(args.seed, args.models_per_family), images, labels, clean,
+                                  Path(tmp), (0, 1), False)
+    report_members, report_results, _ = zip(*report_rows, strict=True)
+    attacked, attacked_results, _ = zip(*attacked_rows, strict=True)
     report = [sample_of(m, r) for m, r in zip(report_members, report_results, strict=True)]
     report_findings = [[f for f, _ in r.values()] for r in report_results]
     clean_scores = held_out_scores(report, report_findings, chosen, shipped.threshold, shipped.combine)

@@ -139,9 +139,6 @@ class ReverseEngineeringDetector:
         result = trigger_search(forward, images, labels, targets, None, self.search, context.seed, data.value_range)
         mode = ALL_TO_ONE
         anomaly = anomaly_indices(result.mask_l1)
-        # The runner-up ratio is always one of single triggers, also when the pairs are judged per target: that is the
-        # statistic the verdict's calibration was fitted on (a ratio of the targets' medians would be another one).
-        triggers_found = result
         if (margin_of(anomaly) < 0 and classes <= PAIRWISE_CLASSES
                 and len(np.unique(data.labels)) >= 2):
             pairs = [(s, t) for s in np.unique(data.labels).tolist() for t in range(classes) if s != t]
@@ -149,19 +146,22 @@ class ReverseEngineeringDetector:
                                          self.pairwise, context.seed + 1, data.value_range)
             pair_anomaly = anomaly_indices(pair_result.mask_l1)
             if margin_of(pair_anomaly) > margin_of(anomaly):
-                result, anomaly, mode, triggers_found = pair_result, pair_anomaly, PAIRS, pair_result
+                result, anomaly, mode = pair_result, pair_anomaly, PAIRS
             # Judged per target, the finding replaces the one above only when it flags: below its cut it raised clean
             # models' scores (up to 0.41) and displaced all-to-one findings whose runner-up ratio the verdict reads.
             by_target = median_by_target(pair_result, classes)
             target_anomaly = anomaly_indices(by_target.mask_l1)
             if margin_of(target_anomaly) > max(0.0, margin_of(anomaly)):
-                result, anomaly, mode, triggers_found = by_target, target_anomaly, PER_TARGET, pair_result
+                result, anomaly, mode = by_target, target_anomaly, PER_TARGET
             diagnostics.update(
                 source_specific_best_score=round(score_of(float(pair_anomaly.max()), len(pair_anomaly)), 4),
                 per_target_best_score=round(score_of(float(target_anomaly.max()), len(target_anomaly)), 4))
         diagnostics.update(candidates_searched=len(result.targets), search_steps_max=int(result.steps.max()),
                            search_steps_mean=round(float(result.steps.mean()), 1))
-        ratio = runner_up_ratio(triggers_found.mask_l1, triggers_found.targets)
+        # The runner-up ratio is always one of single triggers, also when the pairs are judged per target: that is the
+        # statistic the verdict's calibration was fitted on (a ratio of the targets' medians would be another one).
+        single = pair_result if mode == PER_TARGET else result
+        ratio = runner_up_ratio(single.mask_l1, single.targets)
         finding = self._finding(context, forward, data, result, anomaly, mode, screened, ratio)
         diagnostics.update(seconds=round(time.perf_counter() - began, 2),
                            cpu_seconds=round(time.process_time() - cpu_began, 2), device=str(device))

@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from schemas.report import Finding, Verdict
+from worker.engine.detect.reverse import PAIRS
 
 CALIBRATION_FILE = Path(__file__).resolve().parent / "calibration" / "verdict.json"
 CALIBRATION_FORMAT = 1
@@ -77,9 +78,8 @@ def statistic_of(finding: Finding, key: str) -> float | None:
 
 
 def _flags_pairs(finding: Finding) -> bool:
-    """Whether ``finding`` flagged with the pair-level source-specific search (``reverse.PAIRS``; not imported: the
-    verdict stays free of the detectors' torch code)."""
-    return finding.evidence.get("mode") == "source-specific" and _flags(finding)
+    """Whether ``finding`` flagged with the pair-level source-specific search (``reverse``'s mode ``PAIRS``)."""
+    return finding.evidence.get("mode") == PAIRS and _flags(finding)
 
 
 @dataclass(frozen=True)
