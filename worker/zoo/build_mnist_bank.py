@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.core.bankfiles import LitmusBank, save_bank
+from worker.core.bankfiles import SHIPPED_BANKS, LitmusBank, save_bank
 from worker.engine.data import read_mnist_idx
 from worker.zoo.ulp_training import UlpSettings, train_ulp
 from worker.zoo.zoo import Zoo, generate_zoo
@@ -26,7 +26,7 @@ from worker.zoo.zoo_spec import ZooSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "mnist"
-BANK_PATH = Path(__file__).resolve().parent / "banks" / "mnist-28x28x1.h5"
+BANK_PATH = SHIPPED_BANKS / "mnist-28x28x1.h5"
 MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 #: The shipped bank's zoo: the five CNN families and two trigger kinds it was built with (later families and kinds
