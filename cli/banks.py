@@ -59,7 +59,9 @@ def _list(args: argparse.Namespace) -> int:
     rows = [{"name": bank.name, "path": str(path), "input_shape": list(bank.input_shape),
              "num_classes": bank.num_classes, "patterns": len(bank.patterns), "threshold": bank.threshold,
              "target_fpr": bank.target_fpr, "validation_auc": bank.validation_auc, "test_auc": bank.test_auc,
-             "families": bank.provenance.get("zoo", {}).get("families", [])} for path, bank in listing.banks]
+             "families": bank.provenance.get("zoo", {}).get("families", []),
+             # the ULP finding says whether a model is like one of these (None: not recorded)
+             "architectures": bank.provenance.get("architectures")} for path, bank in listing.banks]
     refused = [{"path": str(path), "reason": reason} for path, reason in listing.refused]
     if args.json:
         print(json.dumps({"folders": [str(f) for f in bank_folders()], "banks": rows, "refused": refused}, indent=2))

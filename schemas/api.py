@@ -119,12 +119,20 @@ class ScanSummary(BaseModel):
     artifacts: list[str] = Field(default_factory=list, description="Names to fetch from /v1/scans/{id}/artifacts/.")
 
 
+class BankArchitecture(BaseModel):
+    convolutional: bool
+    activations: list[str] = Field(description="The hidden non-linearities (relu, tanh, ...).")
+
+
 class BankPublic(BaseModel):
     name: str
     num_classes: int | None = None
     patterns: int | None = None
     test_auc: float | None = None
     threshold: float | None = None
+    architectures: list[BankArchitecture] | None = Field(
+        None, description="The architectures of the bank's zoo; the ULP finding says whether the model is like one "
+                          "of them, and a bank like the model is preferred (null: not recorded).")
 
 
 class BanksPublic(BaseModel):

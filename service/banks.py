@@ -18,7 +18,8 @@ def _describe(path: Path, size: int, mtime: float) -> BankPublic | None:
     except BankError:
         return None
     return BankPublic(name=bank.name, num_classes=bank.num_classes, patterns=len(bank.patterns),
-                      test_auc=bank.test_auc, threshold=bank.threshold)
+                      test_auc=bank.test_auc, threshold=bank.threshold,
+                      architectures=bank.provenance.get("architectures"))
 
 
 def list_banks() -> list[BankPublic]:

@@ -33,6 +33,7 @@ def test_banks_list_shows_the_shipped_mnist_bank(capsys: pytest.CaptureFixture, 
     listed = json.loads(capsys.readouterr().out)
     assert [bank["name"] for bank in listed["banks"]] == ["mnist-28x28x1"]
     assert listed["banks"][0]["input_shape"] == [28, 28, 1] and listed["refused"] == []
+    assert listed["banks"][0]["architectures"] == [{"activations": ["relu"], "convolutional": True}]
     assert run(["banks", "list"]) == 0
     assert "mnist-28x28x1            28x28x1" in capsys.readouterr().out
 

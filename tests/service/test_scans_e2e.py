@@ -185,3 +185,5 @@ def test_banks_are_listed_for_a_key_holder(deployment):
         banks = client.get("/v1/banks")
         assert anonymous.get("/v1/banks").status_code == 401
     assert banks.status_code == 200 and banks.json()["count"] == len(banks.json()["data"])
+    shipped = next(bank for bank in banks.json()["data"] if bank["name"] == "mnist-28x28x1")
+    assert shipped["architectures"] == [{"convolutional": True, "activations": ["relu"]}]

@@ -2,7 +2,8 @@
 
 A bank file holds three float datasets (``patterns`` M x H x W x C in raw pixels 0-255, ``weight`` 2 x M*K and
 ``bias`` 2 of the linear classifier on the patterns' concatenated softmax outputs) and scalar attributes;
-provenance is a JSON string. No pickles: a bank from a user folder is data, and loading one validates every
+provenance is a JSON string, whose ``architectures`` (the zoo's, see :mod:`worker.engine.architecture`) say which
+models the bank was learned on. No pickles: a bank from a user folder is data, and loading one validates every
 shape, type, range and name, refusing anything else (extra datasets, links, external storage, odd attributes).
 """
 
@@ -183,6 +184,9 @@ def _check(bank: LitmusBank, where: str) -> None:
         problems.append(f"features '{bank.features}' are not 'softmax' or 'softmax/T' with a temperature T > 0")
     if not isinstance(bank.provenance, dict):
         problems.append("its provenance must be a JSON object")
+    elif not _architectures_valid(bank.provenance.get("architectures", [])):
+        problems.append("provenance 'architectures' must be a list of {'convolutional': true/false, "
+                        "'activations': [names]}")
     if not 2 <= bank.num_classes <= MAX_CLASSES:
         problems.append(f"num_classes {bank.num_classes} is outside [2, {MAX_CLASSES:,}]")
     patterns = bank.patterns
@@ -205,6 +209,14 @@ def _check(bank: LitmusBank, where: str) -> None:
         problems.append("threshold, target false-positive rate and AUCs must lie in [0, 1]")
     if problems:
         raise BankError(f"litmus bank {where} is refused: {'; '.join(problems)}.")
+
+
+def _architectures_valid(architectures: object) -> bool:
+    """Whether a bank's recorded zoo architectures (see :mod:`worker.engine.architecture`) are well formed."""
+    return isinstance(architectures, list) and all(
+        isinstance(a, dict) and set(a) == {"convolutional", "activations"} and isinstance(a["convolutional"], bool)
+        and isinstance(a["activations"], list) and all(isinstance(n, str) for n in a["activations"])
+        for a in architectures)
 
 
 # --- where banks are found: one rule for the gateway (listing) and the engine (scanning) ---

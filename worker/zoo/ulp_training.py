@@ -19,6 +19,7 @@ saw all four, so treat its figure as optimistic: ``bench.ulp`` also measures a f
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from worker.core.bankfiles import LitmusBank, features_name
 from worker.core.errors import OptionError
+from worker.engine.architecture import architecture_of
 from worker.engine.canonical import default_device
 from worker.engine.detect.ulp import bank_tensors, litmus_features
 from worker.zoo.metrics import calibrate_threshold, false_positive_rate, roc_auc
@@ -133,7 +135,10 @@ def train_ulp(train: list[ZooMember], validation: list[ZooMember], input_shape: 
         test_labels = np.array([m.backdoored for m in test])
         test_auc = roc_auc(test_labels, member_scores(best.patterns, best.classifier, test, settings.temperature))
     restarts = [{"seed": r.seed, "validation_loss": -r.key[0], "validation_auc": r.key[1]} for r in runs]
+    # The zoo's architectures, so that the detector can say whether a model is like them.
+    architectures = {json.dumps(architecture_of(m.module), sort_keys=True) for m in [*train, *validation, *test]}
     record = dict(provenance or {}, ulp=dataclasses.asdict(settings), best_seed=best.seed, best_epoch=best.epoch,
+                  architectures=[json.loads(a) for a in sorted(architectures)],
                   history=best.history, restarts=restarts,
                   models={"train": len(train), "validation": len(validation), "test": len(test)})
     return LitmusBank(name, best.patterns.cpu().numpy(), best.classifier.weight.detach().cpu().numpy(),

@@ -33,6 +33,8 @@ def test_ulp_training_separates_backdoored_from_clean_models(small_zoo) -> None:
     assert trained.provenance["best_epoch"] == best
     assert trained.validation_auc == history[best]["validation_auc"]
     assert trained.features == "softmax/4"  # the temperature it trained at, which scoring then uses
+    # The zoo's architectures are recorded, so that the detector runs the bank only on models like them.
+    assert trained.provenance["architectures"] == [{"activations": ["relu"], "convolutional": True}]  # cnn2-max
 
 
 def test_the_temperature_softens_the_features_and_scoring_uses_the_banks() -> None:

@@ -1,7 +1,9 @@
 """The ULP detector: choose the litmus bank that fits the model, run its patterns once, report a :class:`Finding`.
 
 A bank fits when its patterns have the model's input size (H x W x C, whatever the model's layout) and its
-classifier the model's number of classes. When none fits, the finding says so and why; it never guesses. Banks are
+classifier the model's number of classes. When none fits, the finding says so and why; it never guesses. Where the
+bank records its zoo's architectures, the finding also says whether the model is like one of them
+(:mod:`worker.engine.architecture`), and a bank learned on architectures like the model's is preferred. Banks are
 found by :func:`worker.core.bankfiles.find_banks` (the same rule the gateway lists them by). Scanning imports no
 training code: bank training lives in :mod:`worker.zoo.ulp_training`.
 """
@@ -16,6 +18,7 @@ from schemas.models import InputLayout, ModelSignature
 from schemas.report import Finding
 from worker.core.bankfiles import LitmusBank, find_banks
 from worker.core.errors import OptionError
+from worker.engine.architecture import architecture_of, unlike
 from worker.engine.detect.base import DetectionContext
 from worker.engine.preprocess import Preprocessing, image_shape_of, model_input
 
@@ -69,6 +72,13 @@ def misfit(bank: LitmusBank, signature: ModelSignature) -> str | None:
     return None
 
 
+def architecture_misfit(bank: LitmusBank, model: nn.Module) -> str | None:
+    """Why ``model`` is unlike every architecture of ``bank``'s zoo ("it has no convolutions ..."), or None when it is
+    like one of them or the bank does not record them."""
+    recorded = bank.provenance.get("architectures")
+    return unlike(architecture_of(model), recorded) if recorded else None
+
+
 class UlpDetector:
     """Universal Litmus Patterns with the best fitting bank; needs no data."""
 
@@ -93,8 +103,14 @@ class UlpDetector:
     def detect(self, context: DetectionContext) -> Finding:
         banks, _ = self._listing()
         fitting = [bank for bank in banks if misfit(bank, context.model.signature) is None]
-        # Several may fit (a shipped and a user bank): the one measured best on its held-out test models wins.
-        bank = max(fitting, key=lambda b: (b.test_auc or 0.0, b.validation_auc, b.name))
+        unlike_model = {bank.name: architecture_misfit(bank, context.model) for bank in fitting}
+
+        def likeness(b: LitmusBank) -> int:  # 2: learned on architectures like the model's; 1: not recorded
+            return 0 if unlike_model[b.name] is not None else 2 if b.provenance.get("architectures") else 1
+
+        # Several may fit (a shipped and a user bank): the one most like the model, then the one measured best on its
+        # held-out test models, wins.
+        bank = max(fitting, key=lambda b: (likeness(b), b.test_auc or 0.0, b.validation_auc, b.name))
         score = ulp_score(bank, context.model, context.preprocessing)
         flagged = score >= bank.threshold
         families = ", ".join(bank.provenance.get("zoo", {}).get("families", [])) or "unrecorded"
@@ -102,12 +118,23 @@ class UlpDetector:
         reason = (f"ULP score {score:.3f} is {'at or above' if flagged else 'below'} the bank's threshold "
                   f"{bank.threshold:.3f}: on its {len(bank.patterns)} litmus patterns the model responds like the "
                   f"{'backdoored' if flagged else 'clean'} models of bank {bank.name}'s zoo (test AUC {test}, "
-                  f"architecture families {families}). ULP is reliable only for architectures like its zoo's; for "
-                  f"another architecture, train a bank with `bdscreen banks train --families own --model MODEL`.")
+                  f"architecture families {families}). ")
+        unlike_zoo = unlike_model[bank.name]
+        if unlike_zoo is None:
+            reason += "ULP is reliable only for architectures like its zoo's. "
+        else:
+            # Said, not acted on: run as a gate (ULP not applicable to such models) it lost as much as it won on fresh
+            # zoos, where ULP still ranked such models well but scored clean tanh LeNets up to 0.96.
+            reason += (f"This model's architecture is unlike the zoo's: {unlike_zoo}. The score is less reliable "
+                       f"here (on the detection benchmark, clean models of such architectures scored up to 0.96). ")
+        reason += ("For another architecture, train a bank with `bdscreen banks train --families own --model "
+                   "MODEL`.")
         return Finding(detector=self.name, applicable=True, score=score, threshold=bank.threshold, bank=bank.name,
                        reason=reason, evidence={"bank_test_auc": bank.test_auc, "patterns": len(bank.patterns),
                                                 # the score on the log-odds scale, for the calibrated verdict
-                                                "log_odds": math.log(max(score, 1e-9) / max(1 - score, 1e-9))})
+                                                "log_odds": math.log(max(score, 1e-9) / max(1 - score, 1e-9)),
+                                                # None: the bank records no architectures
+                                                "architecture_like_zoo": [False, None, True][likeness(bank)]})
 
 
 def _no_bank_reason(signature: ModelSignature, banks: list[LitmusBank], refused: list[str]) -> str:

@@ -12,6 +12,7 @@ from worker.core.bankfiles import SHIPPED_BANKS, LitmusBank, bank_folders, find_
 from worker.engine.detect.ulp import detect_ulp, litmus_features, misfit, ulp_score
 from worker.engine.formats import read_model
 from worker.engine.preprocess import Preprocessing
+from worker.zoo.architectures import build_family
 
 MNIST_BANK = SHIPPED_BANKS / "mnist-28x28x1.h5"
 
@@ -109,3 +110,44 @@ def test_the_score_is_repeatable_and_is_what_detect_ulp_reports(fixtures: Path) 
     first = ulp_score(bank, model, Preprocessing(255.0))
     assert ulp_score(bank, model, Preprocessing(255.0)) == first
     assert detect_ulp(model, Preprocessing(255.0), banks=[bank]).score == first
+
+
+def _onnx_family(family: str, path: Path) -> nn.Module:
+    wrapped = nn.Sequential(build_family(family, (28, 28, 1), 10), nn.Softmax(dim=1)).eval()
+    torch.onnx.export(wrapped, torch.zeros(1, 1, 28, 28), path, dynamo=False)
+    return read_model(path)
+
+
+@pytest.mark.parametrize(("family", "why"), [
+    ("mlp", "it has no convolutions (a dense network) and they all convolve"),
+    ("lenet-tanh", "it uses the non-linearities tanh and they use only relu"),
+    ("cnn1-bn", None),
+])
+def test_the_finding_says_whether_the_model_is_like_the_banks_zoo(family: str, why: str | None,
+                                                                  tmp_path: Path) -> None:
+    # The shipped bank was learned on ReLU CNNs; it still runs on other architectures (as a gate it lost as much as
+    # it won), but the finding says the score is less reliable there.
+    finding = detect_ulp(_onnx_family(family, tmp_path / "m.onnx"), Preprocessing(255.0))
+    assert finding.applicable and finding.score is not None
+    assert finding.evidence["architecture_like_zoo"] is (why is None)
+    if why is None:
+        assert "unlike" not in finding.reason and "reliable only for architectures like its zoo's" in finding.reason
+    else:
+        assert f"This model's architecture is unlike the zoo's: {why}. The score is less reliable" in finding.reason
+
+
+def test_a_bank_learned_on_the_models_architecture_is_preferred(tmp_path: Path) -> None:
+    relu_cnns = [{"convolutional": True, "activations": ["relu"]}]
+    dense = [{"convolutional": False, "activations": ["relu"]}]
+    better_tested = _bank()
+    better_tested.name, better_tested.test_auc, better_tested.provenance = "cnns", 0.99, {"architectures": relu_cnns}
+    own = _bank()
+    own.name, own.test_auc, own.provenance = "own", 0.80, {"architectures": dense}
+    model = _onnx_family("mlp", tmp_path / "m.onnx")
+    assert detect_ulp(model, Preprocessing(255.0), banks=[better_tested, own]).bank == "own"
+    unrecorded = _bank()  # a bank that records no architectures: nothing said, ranked by its test AUC
+    unrecorded.test_auc = 0.99
+    finding = detect_ulp(model, Preprocessing(255.0), banks=[unrecorded, own])
+    assert finding.bank == "own" and finding.evidence["architecture_like_zoo"] is True
+    alone = detect_ulp(model, Preprocessing(255.0), banks=[unrecorded])
+    assert alone.evidence["architecture_like_zoo"] is None and "unlike" not in alone.reason
