@@ -126,7 +126,7 @@ class UlpDetector:
             # Said, not acted on: run as a gate (ULP not applicable to such models) it lost as much as it won on fresh
             # zoos, where ULP still ranked such models well but scored clean tanh LeNets up to 0.96.
             reason += (f"This model's architecture is unlike the zoo's: {unlike_zoo}. The score is less reliable "
-                       f"here (on the detection benchmark, clean models of such architectures scored up to 0.96). ")
+                       "here: litmus patterns are learned for the architectures of their zoo. ")
         reason += ("For another architecture, train a bank with `bdscreen banks train --families own --model "
                    "MODEL`.")
         return Finding(detector=self.name, applicable=True, score=score, threshold=bank.threshold, bank=bank.name,
