@@ -6,10 +6,12 @@ training group is written as soon as it is done, so an interrupted generation re
 files are HDF5 written by bdscreen itself: weights and JSON records, no pickles.
 """
 
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,26 +138,40 @@ def generate_zoo(spec: ZooSpec, images: np.ndarray, labels: np.ndarray, *, own_m
     folder = (cache_dir or cache_root()) / "zoos" / key
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec.to_json(), indent=1))
-    records: list[ModelRecord] = []
-    modules: list[nn.Module] = []
     candidates = plan_candidates(spec)
+    groups: list[tuple[Builder, list[Candidate], Path, str]] = []  # with what to say when training it; zoo order
     for family in spec.families:
         build = _builder(spec, family, own_model)
         members = [c for c in candidates if c.family == family]
         for start in range(0, len(members), spec.group_size):
             group = members[start:start + spec.group_size]
-            path = folder / f"{family}-{start // spec.group_size:03d}.h5"
-            if not path.is_file():
+            groups.append((build, group, folder / f"{family}-{start // spec.group_size:03d}.h5",
+                           f"training {len(group)} {family} models ({start + len(group)}/{len(members)})"))
+    # Several processes may build one zoo (a benchmark screening it in shards): each trains the groups no other is
+    # training, then waits for the rest, so every group is trained once and no file is written by two at once.
+    pending = [i for i, (_, _, path, _) in enumerate(groups) if not path.is_file()]
+    for wait in (False, True):
+        for i in list(pending):
+            build, group, path, training = groups[i]
+            with _group_lock(path, wait) as held:
+                if not held:
+                    continue
+                pending.remove(i)
+                if path.is_file():
+                    continue
                 if progress:
-                    progress(f"training {len(group)} {family} models ({start + len(group)}/{len(members)})")
+                    progress(training)
                 layout = member_layout(build(0))
                 jobs = [training_job(c, train_y, spec) for c in group]
                 trained = trainer(build, jobs, train_x, spec.training, layout)
                 scored = [_evaluate(c, m, layout, eval_x, eval_y) for c, m in zip(group, trained, strict=True)]
                 _write_group(path, scored, trained)
-            group_records, group_modules = _read_group(path, build)
-            records += group_records
-            modules += group_modules
+    records: list[ModelRecord] = []
+    modules: list[nn.Module] = []
+    for build, _, path, _ in groups:
+        group_records, group_modules = _read_group(path, build)
+        records += group_records
+        modules += group_modules
     judge(records, spec.min_attack_success, spec.max_accuracy_gap)
     return Zoo(spec, key, records, modules)
 
@@ -237,6 +253,22 @@ def _evaluate(candidate: Candidate, module: nn.Module, layout: InputLayout, imag
         attack = candidate.attack.describe()
     return ModelRecord(candidate.index, candidate.family, candidate.split, candidate.backdoored,
                        candidate.preprocessing, attack, clean, success)
+
+
+@contextmanager
+def _group_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """Hold the lock of a group file's training; without ``wait``, yield False at once when another process holds
+    it. An advisory ``flock``, released by the system if the process dies."""
+    with open(path.with_suffix(".lock"), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_group(path: Path, records: list[ModelRecord], modules: list[nn.Module]) -> None:

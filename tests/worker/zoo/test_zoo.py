@@ -92,3 +92,49 @@ def test_plan_places_backdoored_models_in_every_split_and_kind(tiny_spec) -> Non
         kinds = {c.attack.kind for c in members if c.attack}
         assert kinds == {"patch", "blend"}
         assert np.mean([c.backdoored for c in members]) == pytest.approx(0.5, abs=0.1)
+
+
+_BUILDER = """
+import sys, time
+from pathlib import Path
+import torch
+from worker.engine.data import read_mnist_idx
+from worker.zoo.attack_sampling import AttackRanges
+from worker.zoo.batched import TrainingSettings
+from worker.zoo.zoo import generate_zoo
+from worker.zoo.zoo_spec import ZooSpec
+torch.set_num_threads(1)
+mnist, cache, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+images, labels = read_mnist_idx(mnist / "t10k-images-idx3-ubyte.gz", mnist / "t10k-labels-idx1-ubyte.gz", limit=400)
+spec = ZooSpec(input_shape=(28, 28, 1), num_classes=10, families=("cnn2-max", "mlp"), models_per_family=4,
+               trigger_kinds=("patch",), attacks=AttackRanges(all_to_all_fraction=0.0), train_images=256,
+               eval_images=128, training=TrainingSettings(epochs=1, batch_size=32), min_attack_success=0.0,
+               max_accuracy_gap=1.0, group_size=2, seed=5)
+(cache / f"{name}.ready").touch()
+while not (cache / "go").exists():  # start together, so that both find every group missing
+    time.sleep(0.05)
+zoo = generate_zoo(spec, images, labels, cache_dir=cache, progress=lambda message: print(message, flush=True))
+print("records", [(r.index, r.clean_accuracy) for r in zoo.records])
+"""
+
+
+def test_two_processes_building_one_zoo_train_each_group_once(fixtures: Path, tmp_path: Path) -> None:
+    # A benchmark screens a zoo in shards, one process each; before the group locks both trained every group.
+    import subprocess
+    import sys
+    import time
+
+    builders = [subprocess.Popen([sys.executable, "-c", _BUILDER, str(fixtures / "mnist"), str(tmp_path), name],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    while not all((tmp_path / f"{name}.ready").exists() for name in ("a", "b")):
+        assert all(b.poll() is None for b in builders), builders[0].communicate()[1][-2000:]
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    outputs = [b.communicate(timeout=300) for b in builders]
+    assert [b.returncode for b in builders] == [0, 0], [err[-2000:] for _, err in outputs]
+    trained = sorted(line for out, _ in outputs for line in out.splitlines() if line.startswith("training"))
+    # Four groups of two (two families x four models), each trained by one of the two processes.
+    assert trained == sorted(["training 2 cnn2-max models (2/4)", "training 2 cnn2-max models (4/4)",
+                              "training 2 mlp models (2/4)", "training 2 mlp models (4/4)"])
+    records = [next(line for line in out.splitlines() if line.startswith("records")) for out, _ in outputs]
+    assert records[0] == records[1]  # both read the same zoo back
