@@ -84,6 +84,15 @@ class LitmusBank:
         return temperature
 
     @property
+    def logit_spread(self) -> float | None:
+        """The spread (standard deviation) the bank's zoo models' logits on its patterns typically have, when recorded
+        (``provenance['logit_spread']``): a model's logits are scaled to it before scoring, so that an architecture
+        whose logits are smaller or larger by nature (tanh networks answer with small, bounded ones) is read on the
+        zoo's scale rather than mistaken for an odd model. Checked on load and save."""
+        spread = self.provenance.get("logit_spread")
+        return None if spread is None else float(spread)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         """H x W x C of the images the bank's patterns are."""
         height, width, channels = (int(d) for d in self.patterns.shape[1:])
@@ -187,6 +196,8 @@ def _check(bank: LitmusBank, where: str) -> None:
     elif not _architectures_valid(bank.provenance.get("architectures", [])):
         problems.append("provenance 'architectures' must be a list of {'convolutional': true/false, "
                         "'activations': [names]}")
+    elif not _spread_valid(bank.provenance.get("logit_spread")):
+        problems.append("provenance 'logit_spread' must be a finite number above 0")
     if not 2 <= bank.num_classes <= MAX_CLASSES:
         problems.append(f"num_classes {bank.num_classes} is outside [2, {MAX_CLASSES:,}]")
     patterns = bank.patterns
@@ -209,6 +220,11 @@ def _check(bank: LitmusBank, where: str) -> None:
         problems.append("threshold, target false-positive rate and AUCs must lie in [0, 1]")
     if problems:
         raise BankError(f"litmus bank {where} is refused: {'; '.join(problems)}.")
+
+
+def _spread_valid(spread: object) -> bool:
+    return spread is None or (isinstance(spread, numbers.Real) and not isinstance(spread, bool)
+                              and math.isfinite(spread) and spread > 0)
 
 
 def _architectures_valid(architectures: object) -> bool:

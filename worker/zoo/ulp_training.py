@@ -32,6 +32,7 @@ from worker.core.errors import OptionError
 from worker.engine.architecture import architecture_of
 from worker.engine.canonical import default_device
 from worker.engine.detect.ulp import bank_tensors, litmus_features
+from worker.engine.preprocess import model_input
 from worker.zoo.metrics import calibrate_threshold, false_positive_rate, roc_auc
 from worker.zoo.zoo import ZooMember
 
@@ -93,10 +94,10 @@ def minibatch_gradients(patterns: Tensor, classifier: nn.Linear, members: list[Z
 
 @torch.no_grad()
 def member_scores(patterns: Tensor, classifier: nn.Linear, members: list[ZooMember],
-                  temperature: float) -> np.ndarray:
+                  temperature: float, spread: float | None = None) -> np.ndarray:
     """Probability of "backdoored" for each member."""
     scores = [torch.softmax(classifier(litmus_features(patterns, m.module, m.layout, m.preprocessing,
-                                                       temperature)[None]), 1)[0, 1] for m in members]
+                                                       temperature, spread)[None]), 1)[0, 1] for m in members]
     return np.array([float(s) for s in scores], dtype=np.float64)
 
 
@@ -196,8 +197,19 @@ def _log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(-np.mean(np.where(labels, np.log(p), np.log(1 - p))))
 
 
+def logit_spread(bank: LitmusBank, members: list[ZooMember], device: torch.device | None = None) -> float:
+    """The median, over ``members``, of the standard deviation of their logits on the bank's patterns: the scale that
+    :attr:`LitmusBank.logit_spread` records."""
+    device = device or default_device()
+    patterns, _ = bank_tensors(bank, device)
+    with torch.no_grad():
+        spreads = [float(m.module(model_input(patterns, m.preprocessing, m.layout)).std())
+                   for m in _on_device(members, device)]
+    return float(np.median(spreads))
+
+
 def bank_scores(bank: LitmusBank, members: list[ZooMember], device: torch.device | None = None) -> np.ndarray:
-    """Scores of zoo members under ``bank`` (for measuring a bank on other zoos)."""
+    """Scores of zoo members under ``bank`` as the detector scores models (for measuring a bank on other zoos)."""
     device = device or default_device()
     patterns, classifier = bank_tensors(bank, device)
-    return member_scores(patterns, classifier, _on_device(members, device), bank.temperature)
+    return member_scores(patterns, classifier, _on_device(members, device), bank.temperature, bank.logit_spread)

@@ -77,6 +77,8 @@ ODD_FILES: dict[str, tuple[Callable[[h5py.File], None], str]] = {
     "class count off": (_set_attr("num_classes", 11), "need (2, 33)"),
     "provenance not JSON": (_set_attr("provenance", "{not json"), "provenance or scores are malformed"),
     "provenance a list": (_set_attr("provenance", "[1, 2]"), "provenance must be a JSON object"),
+    "logit spread zero": (_set_attr("provenance", '{"logit_spread": 0}'), "'logit_spread' must be a finite number"),
+    "logit spread a string": (_set_attr("provenance", '{"logit_spread": "7"}'), "'logit_spread' must be a finite"),
     "architectures malformed": (_set_attr("provenance", '{"architectures": [{"convolutional": "yes"}]}'),
                                 "provenance 'architectures' must be a list"),
     "unknown features": (_set_attr("features", "logits"), "features 'logits' are not"),

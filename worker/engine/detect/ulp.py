@@ -24,9 +24,14 @@ from worker.engine.preprocess import Preprocessing, image_shape_of, model_input
 
 
 def litmus_features(patterns: Tensor, module: nn.Module, layout: InputLayout, preprocessing: Preprocessing,
-                    temperature: float = 1.0) -> Tensor:
-    """The concatenated softmax outputs (M * K) at ``temperature`` of ``module`` (returning logits) on ``patterns``."""
-    return torch.softmax(module(model_input(patterns, preprocessing, layout)) / temperature, dim=1).reshape(-1)
+                    temperature: float = 1.0, spread: float | None = None) -> Tensor:
+    """The concatenated softmax outputs (M * K) at ``temperature`` of ``module`` (returning logits) on ``patterns``;
+    with ``spread``, the logits are first scaled so that their standard deviation over all patterns and classes is
+    ``spread`` (see :attr:`LitmusBank.logit_spread`)."""
+    logits = module(model_input(patterns, preprocessing, layout))
+    if spread is not None:
+        logits = logits * (spread / logits.std().clamp_min(1e-6))
+    return torch.softmax(logits / temperature, dim=1).reshape(-1)
 
 
 def bank_tensors(bank: LitmusBank, device: torch.device) -> tuple[Tensor, nn.Linear]:
@@ -56,7 +61,8 @@ def ulp_score(bank: LitmusBank, model: nn.Module, preprocessing: Preprocessing) 
         raise OptionError(f"litmus bank {bank.name} does not fit the model: {why}.")
     device = next(model.parameters(), torch.empty(0)).device
     patterns, classifier = bank_tensors(bank, device)
-    features = litmus_features(patterns, _Logits(model), signature.input_layout, preprocessing, bank.temperature)
+    features = litmus_features(patterns, _Logits(model), signature.input_layout, preprocessing, bank.temperature,
+                               bank.logit_spread)
     return float(torch.softmax(classifier(features[None]), 1)[0, 1])
 
 

@@ -11,7 +11,7 @@ from schemas.models import InputLayout, ModelFormat, ModelSignature
 from worker.core.bankfiles import SHIPPED_BANKS, LitmusBank, bank_folders, find_banks, save_bank
 from worker.engine.detect.ulp import detect_ulp, litmus_features, misfit, ulp_score
 from worker.engine.formats import read_model
-from worker.engine.preprocess import Preprocessing
+from worker.engine.preprocess import Preprocessing, model_input
 from worker.zoo.architectures import build_family
 
 MNIST_BANK = SHIPPED_BANKS / "mnist-28x28x1.h5"
@@ -82,6 +82,38 @@ def test_patterns_reach_an_nchw_model_as_they_reach_the_same_model_taking_nhwc()
     pre = Preprocessing(255.0, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
     torch.testing.assert_close(litmus_features(patterns, core, InputLayout.nchw, pre),
                                litmus_features(patterns, ChannelsLast(), InputLayout.nhwc, pre))
+
+
+def test_with_a_logit_spread_a_model_is_read_on_the_banks_scale_whatever_its_own() -> None:
+    # A tanh network answers with small, bounded logits; scaled to the bank zoo's spread, it is read like a model of the
+    # zoo with the same ranking of answers, instead of as an odd model (stop 24: clean tanh LeNets scored up to 0.93).
+    torch.manual_seed(0)
+    core = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6, 5))
+    small = nn.Sequential(core, nn.Tanh())  # the same answers' order, squeezed into (-1, 1)
+    patterns = torch.rand(3, 8, 6, 1) * 255
+    pre = Preprocessing(255.0)
+    torch.testing.assert_close(litmus_features(patterns, core, InputLayout.nhwc, pre, 4.0, spread=8.0),
+                               litmus_features(patterns, nn.Sequential(core, _Times(0.25)), InputLayout.nhwc, pre, 4.0,
+                                               spread=8.0))
+    raw, scaled = (litmus_features(patterns, small, InputLayout.nhwc, pre, 4.0, spread) for spread in (None, 8.0))
+    assert raw.reshape(3, 5).max(1).values.max() < 0.3 < scaled.reshape(3, 5).max(1).values.min()  # flat -> decided
+    logits = small(model_input(patterns, pre, InputLayout.nhwc))
+    assert torch.equal(scaled.reshape(3, 5).argmax(1), logits.argmax(1))
+
+
+class _Times(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def test_the_shipped_bank_reads_models_on_its_zoos_logit_spread() -> None:
+    bank = find_banks([SHIPPED_BANKS]).banks[0][1]
+    assert bank.logit_spread is not None and 4 < bank.logit_spread < 30
+    assert "seed 2041" in bank.provenance["logit_spread_measured_on"]
 
 
 def test_user_bank_folders_come_from_bdscreen_banks(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
