@@ -223,7 +223,7 @@ def _check(bank: LitmusBank, where: str) -> None:
 
 
 def _spread_valid(spread: object) -> bool:
-    return spread is None or (isinstance(spread, numbers.Real) and not isinstance(spread, bool)
+    return spread is None or (isinstance(spread, (int, float)) and not isinstance(spread, bool)
                               and math.isfinite(spread) and spread > 0)
 
 
