@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from worker.engine.formats.onnx_ops import Elementwise
 from worker.engine.ops import Activation
 
 #: Outputs that only rescale the logits, and the identity: not a hidden non-linearity.
@@ -47,9 +48,8 @@ def _activation_name(layer: nn.Module) -> str | None:
         if layer.name == "relu_ext" and (layer.negative_slope or layer.threshold or layer.max_value is not None):
             return "relu_ext"  # a leaky, shifted or capped ReLU
         return "relu" if layer.name in _RELU else layer.name
-    if any(isinstance(child, Activation) for child in layer.children()):
-        return None  # a layer with a fused activation: the child is counted
+    if isinstance(layer, Elementwise):  # element-wise ONNX activations that Activation lacks (hard swish, ...)
+        return layer.name
     if not list(layer.children()) and type(layer).__module__.startswith("torch.nn.modules.activation"):
         return type(layer).__name__.lower()  # nn.ReLU -> 'relu', nn.Tanh -> 'tanh'
-    name = getattr(layer, "name", None)  # element-wise ONNX activations that Activation lacks (hard swish, ...)
-    return name if isinstance(name, str) and type(layer).__name__ == "Elementwise" else None
+    return None  # not an activation; a fused one (conv or dense ``activation=``) is its own child module

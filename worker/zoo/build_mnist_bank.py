@@ -55,7 +55,9 @@ def build_bank(spec: ZooSpec = MNIST_ZOO, settings: UlpSettings = MNIST_ULP, nam
     bank = train_ulp(zoo.members(("train",)), zoo.members(("val",)), spec.input_shape, spec.num_classes, settings,
                      name=name, test=zoo.members(("test",)), provenance=provenance)
     # The scale the detector reads every model's litmus logits on (LitmusBank.logit_spread), from the whole zoo.
-    bank.provenance["logit_spread"] = logit_spread(bank, zoo.members())
+    members = zoo.members()
+    bank.provenance["logit_spread"] = logit_spread(bank, members)
+    bank.provenance["logit_spread_measured_on"] = f"the bank's whole zoo ({len(members)} kept models)"
     return bank, zoo
 
 

@@ -31,8 +31,7 @@ from worker.core.bankfiles import LitmusBank, features_name
 from worker.core.errors import OptionError
 from worker.engine.architecture import architecture_of
 from worker.engine.canonical import default_device
-from worker.engine.detect.ulp import bank_tensors, litmus_features
-from worker.engine.preprocess import model_input
+from worker.engine.detect.ulp import bank_tensors, litmus_features, litmus_logits
 from worker.zoo.metrics import calibrate_threshold, false_positive_rate, roc_auc
 from worker.zoo.zoo import ZooMember
 
@@ -203,7 +202,7 @@ def logit_spread(bank: LitmusBank, members: list[ZooMember], device: torch.devic
     device = device or default_device()
     patterns, _ = bank_tensors(bank, device)
     with torch.no_grad():
-        spreads = [float(m.module(model_input(patterns, m.preprocessing, m.layout)).std())
+        spreads = [float(litmus_logits(patterns, m.module, m.layout, m.preprocessing).std())
                    for m in _on_device(members, device)]
     return float(np.median(spreads))
 

@@ -23,12 +23,17 @@ from worker.engine.detect.base import DetectionContext
 from worker.engine.preprocess import Preprocessing, image_shape_of, model_input
 
 
+def litmus_logits(patterns: Tensor, module: nn.Module, layout: InputLayout, preprocessing: Preprocessing) -> Tensor:
+    """``module``'s logits (M x K) on the raw-pixel ``patterns``, through the model's own preprocessing and layout."""
+    return module(model_input(patterns, preprocessing, layout))
+
+
 def litmus_features(patterns: Tensor, module: nn.Module, layout: InputLayout, preprocessing: Preprocessing,
                     temperature: float = 1.0, spread: float | None = None) -> Tensor:
     """The concatenated softmax outputs (M * K) at ``temperature`` of ``module`` (returning logits) on ``patterns``;
     with ``spread``, the logits are first scaled so that their standard deviation over all patterns and classes is
     ``spread`` (see :attr:`LitmusBank.logit_spread`)."""
-    logits = module(model_input(patterns, preprocessing, layout))
+    logits = litmus_logits(patterns, module, layout, preprocessing)
     if spread is not None:
         logits = logits * (spread / logits.std().clamp_min(1e-6))
     return torch.softmax(logits / temperature, dim=1).reshape(-1)
@@ -78,11 +83,18 @@ def misfit(bank: LitmusBank, signature: ModelSignature) -> str | None:
     return None
 
 
-def architecture_misfit(bank: LitmusBank, model: nn.Module) -> str | None:
-    """Why ``model`` is unlike every architecture of ``bank``'s zoo ("it has no convolutions ..."), or None when it is
-    like one of them or the bank does not record them."""
+def architecture_fit(bank: LitmusBank, architecture: dict) -> tuple[bool | None, str | None]:
+    """Whether a model of ``architecture`` (:func:`~worker.engine.architecture.architecture_of`) is like one of the
+    architectures ``bank``'s zoo records (None: the bank records none), and if not, why."""
     recorded = bank.provenance.get("architectures")
-    return unlike(architecture_of(model), recorded) if recorded else None
+    if not recorded:
+        return None, None
+    why = unlike(architecture, recorded)
+    return why is None, why
+
+
+#: How a bank's architecture fit ranks when several banks fit a model: like it, then not recorded, then unlike it.
+_FIT_RANK = {True: 2, None: 1, False: 0}
 
 
 class UlpDetector:
@@ -108,15 +120,13 @@ class UlpDetector:
 
     def detect(self, context: DetectionContext) -> Finding:
         banks, _ = self._listing()
-        fitting = [bank for bank in banks if misfit(bank, context.model.signature) is None]
-        unlike_model = {bank.name: architecture_misfit(bank, context.model) for bank in fitting}
-
-        def likeness(b: LitmusBank) -> int:  # 2: learned on architectures like the model's; 1: not recorded
-            return 0 if unlike_model[b.name] is not None else 2 if b.provenance.get("architectures") else 1
-
+        architecture = architecture_of(context.model)
+        fits = [(bank, *architecture_fit(bank, architecture)) for bank in banks
+                if misfit(bank, context.model.signature) is None]
         # Several may fit (a shipped and a user bank): the one most like the model, then the one measured best on its
         # held-out test models, wins.
-        bank = max(fitting, key=lambda b: (likeness(b), b.test_auc or 0.0, b.validation_auc, b.name))
+        bank, like_zoo, unlike_zoo = max(fits, key=lambda fit: (_FIT_RANK[fit[1]], fit[0].test_auc or 0.0,
+                                                                fit[0].validation_auc, fit[0].name))
         score = ulp_score(bank, context.model, context.preprocessing)
         flagged = score >= bank.threshold
         families = ", ".join(bank.provenance.get("zoo", {}).get("families", [])) or "unrecorded"
@@ -125,7 +135,6 @@ class UlpDetector:
                   f"{bank.threshold:.3f}: on its {len(bank.patterns)} litmus patterns the model responds like the "
                   f"{'backdoored' if flagged else 'clean'} models of bank {bank.name}'s zoo (test AUC {test}, "
                   f"architecture families {families}). ")
-        unlike_zoo = unlike_model[bank.name]
         if unlike_zoo is None:
             reason += "ULP is reliable only for architectures like its zoo's. "
         else:
@@ -140,7 +149,7 @@ class UlpDetector:
                                                 # the score on the log-odds scale, for the calibrated verdict
                                                 "log_odds": math.log(max(score, 1e-9) / max(1 - score, 1e-9)),
                                                 # None: the bank records no architectures
-                                                "architecture_like_zoo": [False, None, True][likeness(bank)]})
+                                                "architecture_like_zoo": like_zoo})
 
 
 def _no_bank_reason(signature: ModelSignature, banks: list[LitmusBank], refused: list[str]) -> str:
