@@ -26,7 +26,16 @@ import numpy as np
 import torch
 
 from bench import FIXTURES
-from bench.repair_cases import DEV_SEEDS, FAMILIES, KINDS, CaseSpec, build_case, is_development, split_of
+from bench.repair_cases import (
+    DEV_SEEDS,
+    FAMILIES,
+    KINDS,
+    CaseSpec,
+    build_case,
+    is_development,
+    meets_repair_goal,
+    split_of,
+)
 from schemas.scan import ScanOptions
 from worker.demo.badnet import mnist_badnet
 from worker.engine.formats import read_model
@@ -82,7 +91,7 @@ def scan_case(name: str, folder: Path, onnx: Path, meta: dict, held_out: bool) -
            "false_alarm": goodnet.false_alarm_rate if goodnet else None,
            "est_detection": goodnet.estimated_detection_rate if goodnet else None,
            "triggers": [(t.target, round(t.mask_l1, 1), t.found_by) for t in repair.triggers]}
-    row["repair_ok"] = bool(chosen and row["asr_after"] <= 0.01 and row["clean_after"] >= row["clean_before"] - 0.01)
+    row["repair_ok"] = bool(chosen and meets_repair_goal(row["asr_after"], row["clean_after"], row["clean_before"]))
     row["goodnet_ok"] = bool(goodnet and row["detection"] >= 0.99 and row["false_alarm"] <= 0.01)
     row["goodnet_working_ok"] = bool(goodnet and row["detection_working"] >= 0.99 and row["false_alarm"] <= 0.01)
     return row

@@ -28,8 +28,16 @@ import torch
 
 from bench import FIXTURES
 from bench.detect import detectors_key
-from bench.repair_cases import DEV_SEEDS, FAMILIES, KINDS, CaseSpec, build_case, is_development, split_of
-from schemas.report import RepairedModel
+from bench.repair_cases import (
+    DEV_SEEDS,
+    FAMILIES,
+    KINDS,
+    CaseSpec,
+    build_case,
+    is_development,
+    meets_repair_goal,
+    split_of,
+)
 from schemas.scan import ScanOptions
 from worker.demo.badnet import mnist_badnet
 from worker.engine.canonical import default_device
@@ -68,12 +76,6 @@ def cached_triggers(folder: Path, model, inputs: ScanInputs) -> list[ReversedTri
     return triggers
 
 
-def meets_repair_goal(model: RepairedModel, clean_before: float) -> bool:
-    """The issue's repair goal: real attack success <= 1 % at most 1 point of clean accuracy below the original."""
-    return (model.attack_success_rate is not None and model.clean_accuracy is not None
-            and model.attack_success_rate <= 0.01 and model.clean_accuracy >= clean_before - 0.01)
-
-
 def repair_row(name: str, folder: Path, onnx: Path) -> dict:
     inputs = ScanInputs(onnx, clean_data=folder / "clean.npz", eval_data=folder / "eval.npz",
                         poisoned_data=folder / "poisoned.npz")
@@ -99,9 +101,12 @@ def repair_row(name: str, folder: Path, onnx: Path) -> dict:
            "detection": goodnet.detection_rate if goodnet else None,
            "alarm": goodnet.false_alarm_rate if goodnet else None, "gaps": gaps,
            "candidates": [m for m in report.models if not m.shares_repair_with]}
-    row["R"] = bool(chosen and meets_repair_goal(chosen, base.clean_accuracy))
+    def met(m) -> bool:
+        return meets_repair_goal(m.attack_success_rate, m.clean_accuracy, base.clean_accuracy)
+
+    row["R"] = bool(chosen and met(chosen))
     # Whether any built candidate met it: what the best choice rule could have done on this row.
-    row["reachable"] = any(meets_repair_goal(m, base.clean_accuracy) for m in row["candidates"])
+    row["reachable"] = any(met(m) for m in row["candidates"])
     row["G"] = bool(goodnet and row["detection"] / row["asr_before"] >= 0.99 and row["alarm"] <= 0.01)
     return row
 
