@@ -20,7 +20,7 @@ import torch
 
 from worker.core.bankfiles import SHIPPED_BANKS, LitmusBank, save_bank
 from worker.engine.data import read_mnist_idx
-from worker.zoo.ulp_training import UlpSettings, logit_spread, train_ulp
+from worker.zoo.ulp_training import UlpSettings, train_ulp
 from worker.zoo.zoo import Zoo, generate_zoo
 from worker.zoo.zoo_spec import ZooSpec
 
@@ -54,10 +54,6 @@ def build_bank(spec: ZooSpec = MNIST_ZOO, settings: UlpSettings = MNIST_ULP, nam
                   "command": ".venv/bin/python -m worker.zoo.build_mnist_bank"}
     bank = train_ulp(zoo.members(("train",)), zoo.members(("val",)), spec.input_shape, spec.num_classes, settings,
                      name=name, test=zoo.members(("test",)), provenance=provenance)
-    # The scale the detector reads every model's litmus logits on (LitmusBank.logit_spread), from the whole zoo.
-    members = zoo.members()
-    bank.provenance["logit_spread"] = logit_spread(bank, members)
-    bank.provenance["logit_spread_measured_on"] = f"the bank's whole zoo ({len(members)} kept models)"
     return bank, zoo
 
 

@@ -127,23 +127,31 @@ def train_ulp(train: list[ZooMember], validation: list[ZooMember], input_shape: 
     runs = [_train_run(train, validation, input_shape, num_classes, settings, settings.seed + r, device)
             for r in range(settings.restarts)]
     best = max(runs, key=lambda run: run.key)  # the first of equals: earlier seeds win ties
+    # The scale the detector reads every model's litmus logits on (LitmusBank.logit_spread): the zoo's own median.
+    # The threshold and the AUCs below are measured on that reading, the one the detector makes.
+    zoo = [*train, *validation, *test]
+    spread = median_spread(best.patterns, zoo)
     validation_labels = np.array([m.backdoored for m in validation])
-    validation_scores = member_scores(best.patterns, best.classifier, validation, settings.temperature)
+    validation_scores = member_scores(best.patterns, best.classifier, validation, settings.temperature, spread)
     threshold = calibrate_threshold(validation_scores[~validation_labels], validation_scores, settings.target_fpr)
     test_auc = None
     if test:
         test_labels = np.array([m.backdoored for m in test])
-        test_auc = roc_auc(test_labels, member_scores(best.patterns, best.classifier, test, settings.temperature))
+        test_auc = roc_auc(test_labels, member_scores(best.patterns, best.classifier, test, settings.temperature,
+                                                      spread))
     restarts = [{"seed": r.seed, "validation_loss": -r.key[0], "validation_auc": r.key[1]} for r in runs]
     # The zoo's architectures, so that the detector can say whether a model is like them.
-    architectures = {json.dumps(architecture_of(m.module), sort_keys=True) for m in [*train, *validation, *test]}
+    architectures = {json.dumps(architecture_of(m.module), sort_keys=True) for m in zoo}
     record = dict(provenance or {}, ulp=dataclasses.asdict(settings), best_seed=best.seed, best_epoch=best.epoch,
+                  logit_spread=spread, logit_spread_measured_on=f"the bank's own zoo ({len(zoo)} models: training, "
+                                                               "validation and test)",
                   architectures=[json.loads(a) for a in sorted(architectures)],
                   history=best.history, restarts=restarts,
                   models={"train": len(train), "validation": len(validation), "test": len(test)})
     return LitmusBank(name, best.patterns.cpu().numpy(), best.classifier.weight.detach().cpu().numpy(),
                       best.classifier.bias.detach().cpu().numpy(), num_classes, threshold, settings.target_fpr,
-                      best.key[1], false_positive_rate(validation_scores[~validation_labels], threshold),
+                      roc_auc(validation_labels, validation_scores),
+                      false_positive_rate(validation_scores[~validation_labels], threshold),
                       test_auc, record, features_name(settings.temperature))
 
 
@@ -196,15 +204,11 @@ def _log_loss(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(-np.mean(np.where(labels, np.log(p), np.log(1 - p))))
 
 
-def logit_spread(bank: LitmusBank, members: list[ZooMember], device: torch.device | None = None) -> float:
-    """The median, over ``members``, of the standard deviation of their logits on the bank's patterns: the scale that
-    :attr:`LitmusBank.logit_spread` records."""
-    device = device or default_device()
-    patterns, _ = bank_tensors(bank, device)
+def median_spread(patterns: Tensor, members: list[ZooMember]) -> float:
+    """The median, over ``members``, of the standard deviation of their logits on ``patterns``."""
     with torch.no_grad():
-        spreads = [float(litmus_logits(patterns, m.module, m.layout, m.preprocessing).std())
-                   for m in _on_device(members, device)]
-    return float(np.median(spreads))
+        return float(np.median([float(litmus_logits(patterns, m.module, m.layout, m.preprocessing).std())
+                                for m in members]))
 
 
 def bank_scores(bank: LitmusBank, members: list[ZooMember], device: torch.device | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@ from torch import nn
 
 from schemas.models import InputLayout
 from worker.core.bankfiles import LitmusBank
-from worker.engine.detect.ulp import litmus_features
+from worker.engine.detect.ulp import litmus_features, litmus_logits
 from worker.engine.preprocess import Preprocessing
 from worker.zoo.metrics import calibrate_threshold, false_positive_rate, roc_auc
 from worker.zoo.ulp_training import UlpSettings, bank_scores, minibatch_gradients, train_ulp
@@ -31,7 +31,15 @@ def test_ulp_training_separates_backdoored_from_clean_models(small_zoo) -> None:
     history = trained.provenance["history"]
     best = max(range(len(history)), key=lambda i: (-history[i]["validation_loss"], history[i]["validation_auc"]))
     assert trained.provenance["best_epoch"] == best
-    assert trained.validation_auc == history[best]["validation_auc"]
+    # The bank records its zoo's logit spread, and its own figures are measured on the reading the detector makes
+    # with it (scores and AUC of validation models through bank_scores, which scales to the recorded spread).
+    zoo = [*train, *validation, *validation]
+    spreads = [float(litmus_logits(torch.from_numpy(trained.patterns), m.module, m.layout, m.preprocessing).std())
+               for m in zoo]
+    assert trained.logit_spread == pytest.approx(float(np.median(spreads)), rel=1e-5)
+    assert trained.provenance["logit_spread_measured_on"].startswith(f"the bank's own zoo ({len(zoo)} models")
+    assert trained.validation_auc == pytest.approx(roc_auc(np.array([m.backdoored for m in validation]),
+                                                           bank_scores(trained, validation)))
     assert trained.features == "softmax/4"  # the temperature it trained at, which scoring then uses
     # The zoo's architectures are recorded, so that the detector runs the bank only on models like them.
     assert trained.provenance["architectures"] == [{"activations": ["relu"], "convolutional": True}]  # cnn2-max
