@@ -76,8 +76,9 @@ class RepairOptions(StrictOptions):
     thresholds: list[float] = Field(default_factory=lambda: [2.0, 4.0, 10.0], min_length=1,
                                     description="Clean-accuracy drops, in percentage points.")
     method: RepairMethod = Field(default=RepairMethod.auto,
-                                 description="auto: unlearn the reversed trigger, adversarial unlearning and pruning "
-                                             "+ unlearning are all tried and the best on clean decision data wins; "
+                                 description="auto: unlearning the reversed triggers and pruning + unlearning are "
+                                             "tried (adversarial unlearning instead when no trigger was reversed) "
+                                             "and the best on clean decision data wins; "
                                              "prune: the seed's pruning alone (with fine_tune: fine-pruning).")
     fine_tune: bool = Field(default=False, description="Also fine-tune every pruned model (fine-pruning; with a "
                                                        "reversed trigger, trigger unlearning too).")
