@@ -134,8 +134,8 @@ def train_ulp(train: list[ZooMember], validation: list[ZooMember], input_shape: 
     validation_labels = np.array([m.backdoored for m in validation])
     validation_scores = member_scores(best.patterns, best.classifier, validation, settings.temperature, spread)
     threshold = calibrate_threshold(validation_scores[~validation_labels], validation_scores, settings.target_fpr)
-    test_auc = None
-    if test:
+    test_auc = None  # also when the test models are all clean or all backdoored (a small zoo): no AUC to measure
+    if len({m.backdoored for m in test}) == 2:
         test_labels = np.array([m.backdoored for m in test])
         test_auc = roc_auc(test_labels, member_scores(best.patterns, best.classifier, test, settings.temperature,
                                                       spread))

@@ -118,3 +118,13 @@ def test_calibrated_threshold_flags_at_most_the_target_fraction_of_clean_models(
 def test_roc_auc_counts_ties_half() -> None:
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
     assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
+
+
+def test_a_test_split_of_one_kind_leaves_the_test_auc_unmeasured(small_zoo) -> None:
+    # A small zoo (bdscreen banks train --models 24) can keep only clean test models: the bank is still written,
+    # with no test AUC, rather than the whole training refused at the end.
+    validation = small_zoo.members(("val", "test"))
+    clean = [m for m in validation if not m.backdoored]
+    bank = train_ulp(small_zoo.members(("train",)), validation, (28, 28, 1), 10,
+                     UlpSettings(patterns=4, epochs=2, models_per_batch=4, restarts=1, seed=3), test=clean)
+    assert bank.test_auc is None and bank.validation_auc is not None
