@@ -1,6 +1,7 @@
 """The development harness behind the repair's settings: the repair alone, rerun on triggers cached from one detection.
 
     .venv/bin/python -m bench.repair_variants [--seeds 1,11] [--families ...] [--kinds ...] [--candidates]
+                                              [--repair-seed 0]
 
 A default scan spends most of its time detecting; the repair's settings only change what comes after. So each BadNet
 of bench/repair_cases.py (and the project's) is detected once, its reversed triggers cached as NPZ under
@@ -76,18 +77,21 @@ def cached_triggers(folder: Path, model, inputs: ScanInputs) -> list[ReversedTri
     return triggers
 
 
-def repair_row(name: str, folder: Path, onnx: Path) -> dict:
+def repair_row(name: str, folder: Path, onnx: Path, repair_seed: int = OPTIONS.repair.seed) -> dict:
+    """The default scan's repair of one BadNet on its cached triggers; ``repair_seed`` as the scan option
+    ``repair.seed`` (the decision data's split, the fine-tuning's batches and the searches' starts)."""
+    options = OPTIONS.model_copy(update={"repair": OPTIONS.repair.model_copy(update={"seed": repair_seed})})
     inputs = ScanInputs(onnx, clean_data=folder / "clean.npz", eval_data=folder / "eval.npz",
                         poisoned_data=folder / "poisoned.npz")
     model = read_model(onnx, None)
     preprocessing = preprocessing_of(OPTIONS)
     triggers = cached_triggers(folder, model, inputs)
     with tempfile.TemporaryDirectory() as tmp:
-        report, goodnets = run_repair(model, inputs, OPTIONS, preprocessing, Path(tmp), Stages(None),
+        report, goodnets = run_repair(model, inputs, options, preprocessing, Path(tmp), Stages(None),
                                       triggers=triggers, detector_ran=True)
     # The same validation part the pipeline split off (eval data given: the decision data is all the clean data).
     _, validation = split(load_raw(inputs.clean_data, model, "clean data"), VALIDATION_FRACTION,
-                          OPTIONS.repair.seed + 1, "decision data")
+                          repair_seed + 1, "decision data")
     base = report.baseline
     original_validation = clean_accuracy(model, validation, preprocessing)
     chosen = next((m for m in report.models if m.recommended), None)
@@ -121,6 +125,9 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--candidates", action="store_true", help="print every repair built, not only the chosen")
+    parser.add_argument("--repair-seed", type=int, default=OPTIONS.repair.seed,
+                        help="the scans' repair.seed: the same code on the same BadNets and triggers with another "
+                             "split of the decision data and other random draws, to see how far counts move by chance")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -133,12 +140,12 @@ def main() -> None:
                 cases.append((f"{family} {kind} s{seed}", folder, folder / "badnet.onnx"))
     which = split_of([is_development(s, f, k) for s in seeds for f in args.families.split(",")
                       for k in args.kinds.split(",")])
-    print(f"Repair only, on cached triggers; seeds {args.seeds} ({which}); in %.")
+    print(f"Repair only, on cached triggers; seeds {args.seeds} ({which}); repair seed {args.repair_seed}; in %.")
     print(f"{'model':<22} {'clean':>6} {'ASR':>6} | {'repair':<16} {'val':>6} {'clean':>6} {'ASR':>6} | "
           f"{'detect':>6} {'alarm':>6} | ok")
     rows = []
     for name, folder, onnx in cases:
-        row = repair_row(name, folder, onnx)
+        row = repair_row(name, folder, onnx, args.repair_seed)
         rows.append(row)
         print(f"{name:<22} {pct(row['clean_before'])} {pct(row['asr_before'])} | {row['method']:<16} "
               f"{pct(row['val'])} {pct(row['clean'])} {pct(row['asr'])} | {pct(row['detection'])} "
