@@ -25,17 +25,7 @@ import h5py
 import numpy as np
 import torch
 
-from bench import FIXTURES
-from bench.repair_cases import (
-    DEV_SEEDS,
-    FAMILIES,
-    KINDS,
-    CaseSpec,
-    build_case,
-    is_development,
-    meets_repair_goal,
-    split_of,
-)
+from bench import FIXTURES, repair_cases
 from schemas.scan import ScanOptions
 from worker.demo.badnet import mnist_badnet
 from worker.engine.formats import read_model
@@ -91,7 +81,8 @@ def scan_case(name: str, folder: Path, onnx: Path, meta: dict, held_out: bool) -
            "false_alarm": goodnet.false_alarm_rate if goodnet else None,
            "est_detection": goodnet.estimated_detection_rate if goodnet else None,
            "triggers": [(t.target, round(t.mask_l1, 1), t.found_by) for t in repair.triggers]}
-    row["repair_ok"] = bool(chosen and meets_repair_goal(row["asr_after"], row["clean_after"], row["clean_before"]))
+    row["repair_ok"] = bool(chosen and repair_cases.meets_repair_goal(row["asr_after"], row["clean_after"],
+                                                                      row["clean_before"]))
     row["goodnet_ok"] = bool(goodnet and row["detection"] >= 0.99 and row["false_alarm"] <= 0.01)
     row["goodnet_working_ok"] = bool(goodnet and row["detection_working"] >= 0.99 and row["false_alarm"] <= 0.01)
     return row
@@ -103,11 +94,11 @@ def mnist_figures(seed: int, families: tuple[str, ...], kinds: tuple[str, ...]) 
     cases = [("project BadNet (dev)", case.model.parent, case.model, case.meta, False)]
     for family in families:
         for kind in kinds:
-            meta = build_case(FIXTURES, CaseSpec(family, kind, seed))
+            meta = repair_cases.build_case(FIXTURES, repair_cases.CaseSpec(family, kind, seed))
             folder = Path(meta["folder"])
             cases.append((f"{family} {kind}", folder, folder / "badnet.onnx", meta,
-                          not is_development(seed, family, kind)))
-    which = split_of([not c[-1] for c in cases[1:]])  # the project's BadNet is always development
+                          not repair_cases.is_development(seed, family, kind)))
+    which = repair_cases.split_of([not c[-1] for c in cases[1:]])  # the project's BadNet is always development
     print(f"Default scans (repair method auto, GoodNet rule targets) of MNIST BadNets; fresh BadNets from seed {seed}"
           f" ({which}). Figures "
           "in % on 2,000 evaluation images; 'est' = the reversed trigger's success on them (no poisoned data), after "
@@ -185,9 +176,10 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=11_547)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-mnist", action="store_true")
-    parser.add_argument("--seed", type=int, default=2, help=f"seed of the fresh BadNets ({DEV_SEEDS}: development)")
-    parser.add_argument("--families", default=",".join(FAMILIES))
-    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--seed", type=int, default=2,
+                        help=f"seed of the fresh BadNets ({repair_cases.DEV_SEEDS}: development)")
+    parser.add_argument("--families", default=",".join(repair_cases.FAMILIES))
+    parser.add_argument("--kinds", default=",".join(repair_cases.KINDS))
     args = parser.parse_args()
     if not args.skip_mnist:
         mnist_figures(args.seed, tuple(args.families.split(",")), tuple(args.kinds.split(",")))
