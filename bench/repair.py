@@ -83,8 +83,9 @@ def scan_case(name: str, folder: Path, onnx: Path, meta: dict, held_out: bool) -
            "triggers": [(t.target, round(t.mask_l1, 1), t.found_by) for t in repair.triggers]}
     row["repair_ok"] = bool(chosen and repair_cases.meets_repair_goal(row["asr_after"], row["clean_after"],
                                                                       row["clean_before"]))
-    row["goodnet_ok"] = bool(goodnet and row["detection"] >= 0.99 and row["false_alarm"] <= 0.01)
-    row["goodnet_working_ok"] = bool(goodnet and row["detection_working"] >= 0.99 and row["false_alarm"] <= 0.01)
+    row["goodnet_ok"] = bool(goodnet and repair_cases.meets_goodnet_goal(row["detection"], row["false_alarm"]))
+    row["goodnet_working_ok"] = bool(goodnet and repair_cases.meets_goodnet_goal(row["detection_working"],
+                                                                                 row["false_alarm"]))
     return row
 
 

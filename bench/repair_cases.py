@@ -59,13 +59,21 @@ def make_trigger(kind: str, rng: np.random.Generator, shape: tuple[int, int, int
     return Trigger(noise, 0, 0, float(rng.uniform(0.1, 0.2)))
 
 
+#: Accuracies and rates are float32 means (there 0.975 - 0.01 falls below 0.965): a figure exactly at a goal's edge
+#: on the 2,000 images is given the millionth it needs to meet it.
+SLACK = 1e-6
+
+
 def meets_repair_goal(attack_success: float | None, clean_after: float | None, clean_before: float) -> bool:
-    """The issue's repair goal: real attack success <= 1 % at most 1 point of clean accuracy below the original.
-    Accuracies are float32 means (there 0.975 - 0.01 falls below 0.965), so a repair exactly 1.00 point down on the
-    2,000 images, or at exactly 1 % attack success, is given the millionth it needs to meet it."""
-    slack = 1e-6
-    return (attack_success is not None and clean_after is not None and attack_success <= 0.01 + slack
-            and clean_after >= clean_before - 0.01 - slack)
+    """The issue's repair goal: real attack success <= 1 % at most 1 point of clean accuracy below the original."""
+    return (attack_success is not None and clean_after is not None and attack_success <= 0.01 + SLACK
+            and clean_after >= clean_before - 0.01 - SLACK)
+
+
+def meets_goodnet_goal(detection: float | None, false_alarm: float | None) -> bool:
+    """The issue's GoodNet goal: >= 99 % of triggered inputs detected at <= 1 % false alarms on clean inputs."""
+    return (detection is not None and false_alarm is not None and detection >= 0.99 - SLACK
+            and false_alarm <= 0.01 + SLACK)
 
 
 def is_development(seed: int, family: str, kind: str) -> bool:

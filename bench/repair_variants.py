@@ -36,6 +36,7 @@ from bench.repair_cases import (
     CaseSpec,
     build_case,
     is_development,
+    meets_goodnet_goal,
     meets_repair_goal,
     split_of,
 )
@@ -111,7 +112,7 @@ def repair_row(name: str, folder: Path, onnx: Path, repair_seed: int = OPTIONS.r
     row["R"] = bool(chosen and met(chosen))
     # Whether any built candidate met it: what the best choice rule could have done on this row.
     row["reachable"] = any(met(m) for m in row["candidates"])
-    row["G"] = bool(goodnet and row["detection"] / row["asr_before"] >= 0.99 and row["alarm"] <= 0.01)
+    row["G"] = bool(goodnet and meets_goodnet_goal(row["detection"] / row["asr_before"], row["alarm"]))
     return row
 
 

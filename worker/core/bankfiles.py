@@ -193,11 +193,12 @@ def _check(bank: LitmusBank, where: str) -> None:
         problems.append(f"features '{bank.features}' are not 'softmax' or 'softmax/T' with a temperature T > 0")
     if not isinstance(bank.provenance, dict):
         problems.append("its provenance must be a JSON object")
-    elif not _architectures_valid(bank.provenance.get("architectures", [])):
-        problems.append("provenance 'architectures' must be a list of {'convolutional': true/false, "
-                        "'activations': [names]}")
-    elif not _spread_valid(bank.provenance.get("logit_spread")):
-        problems.append("provenance 'logit_spread' must be a finite number above 0")
+    else:  # each malformed field is named, not only the first
+        if not _architectures_valid(bank.provenance.get("architectures", [])):
+            problems.append("provenance 'architectures' must be a list of {'convolutional': true/false, "
+                            "'activations': [names]}")
+        if not _spread_valid(bank.provenance.get("logit_spread")):
+            problems.append("provenance 'logit_spread' must be a finite number above 0")
     if not 2 <= bank.num_classes <= MAX_CLASSES:
         problems.append(f"num_classes {bank.num_classes} is outside [2, {MAX_CLASSES:,}]")
     patterns = bank.patterns

@@ -81,6 +81,11 @@ ODD_FILES: dict[str, tuple[Callable[[h5py.File], None], str]] = {
     "logit spread a string": (_set_attr("provenance", '{"logit_spread": "7"}'), "'logit_spread' must be a finite"),
     "architectures malformed": (_set_attr("provenance", '{"architectures": [{"convolutional": "yes"}]}'),
                                 "provenance 'architectures' must be a list"),
+    # every malformed provenance field is named, not only the first one checked
+    "architectures and spread malformed": (
+        _set_attr("provenance", '{"architectures": 3, "logit_spread": -1}'),
+        "'architectures' must be a list of {'convolutional': true/false, 'activations': [names]}; provenance "
+        "'logit_spread' must be a finite number above 0"),
     "unknown features": (_set_attr("features", "logits"), "features 'logits' are not"),
     "zero temperature": (_set_attr("features", "softmax/0"), "with a temperature T > 0"),
     "temperature not a number": (_set_attr("features", "softmax/hot"), "with a temperature T > 0"),
