@@ -4,7 +4,8 @@ Batched training stacks the K models' parameters (``torch.func.stack_module_stat
 network per step (grouped convolutions for the built-in families, ``vmap(functional_call)`` for any other
 module, such as an uploaded model's own graph): each model gets its own mini-batch (its own shuffle, its own
 trigger and poisoned labels, its own preprocessing), the K losses are summed, so each model's gradient is exactly
-its own, and one Adam step updates all of them (Adam is element-wise, so a stacked Adam is K independent Adams).
+its own, and one optimiser step updates all of them (Adam and SGD with momentum and weight decay are element-wise,
+so a stacked optimiser is K independent ones).
 :func:`train_sequential` runs the same steps on the same mini-batches model by model; both return the same
 weights up to floating-point summation order. BatchNorm's running statistics are stacked buffers updated in place.
 """
@@ -29,13 +30,29 @@ from worker.zoo.grouped import groupable, grouped_forward
 Builder = Callable[[int], nn.Module]
 
 
+#: The optimisers a zoo can be trained with. Models made elsewhere come from other recipes than the project's Adam:
+#: a zoo trained with another one measures how far the detectors' calibration carries over.
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
-    """What every model of a zoo shares: passes over the data, mini-batch size and Adam's learning rate."""
+    """What every model of a zoo shares: passes over the data, mini-batch size, the optimiser and its settings."""
 
     epochs: int = 4
     batch_size: int = 32
     learning_rate: float = 5e-3
+    optimizer: str = "adam"  # or "sgd" (momentum SGD_MOMENTUM)
+    weight_decay: float = 0.0
+
+    def optimizer_for(self, params) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.learning_rate, momentum=SGD_MOMENTUM,
+                                   weight_decay=self.weight_decay)
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        raise OptionError(f"unknown optimiser '{self.optimizer}' (known: {', '.join(OPTIMIZERS)}).")
 
 
 @dataclass(frozen=True)
@@ -139,7 +156,7 @@ def train_batched(build: Builder, jobs: list[TrainingJob], images: np.ndarray, s
         losses_of = vmap(loss_of)
     else:
         raise OptionError(f"unknown training engine '{engine}' (known: auto, grouped, vmap).")
-    optimizer = torch.optim.Adam(params.values(), lr=settings.learning_rate)
+    optimizer = settings.optimizer_for(params.values())
     everyone = slice(0, len(jobs))
     for epoch in range(settings.epochs):
         for step in range(data.steps):
@@ -162,7 +179,7 @@ def train_sequential(build: Builder, jobs: list[TrainingJob], images: np.ndarray
     for k, job in enumerate(jobs):
         module = build(job.init_seed).to(device)
         module.train()
-        optimizer = torch.optim.Adam(module.parameters(), lr=settings.learning_rate)
+        optimizer = settings.optimizer_for(module.parameters())
         for epoch in range(settings.epochs):
             for step in range(data.steps):
                 x, y = data.batch(slice(k, k + 1), epoch, step, layout)

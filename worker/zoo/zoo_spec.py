@@ -15,7 +15,7 @@ from worker.core.errors import OptionError
 from worker.engine.preprocess import Preprocessing
 from worker.zoo.architectures import FAMILIES, OWN_ARCHITECTURE
 from worker.zoo.attack_sampling import TRIGGER_KINDS, Attack, AttackRanges, sample_attack
-from worker.zoo.batched import TrainingSettings
+from worker.zoo.batched import OPTIMIZERS, TrainingSettings
 
 SPLITS = ("train", "val", "test")
 #: Preprocessing the zoo's models are trained with, drawn per model so that patterns learn to see through it.
@@ -64,9 +64,18 @@ class ZooSpec:
                               "and at least one evaluation image.")
         if self.training.epochs < 1 or self.num_classes < 2:
             raise OptionError("a zoo needs at least one epoch and two classes.")
+        if self.training.optimizer not in OPTIMIZERS or self.training.weight_decay < 0:
+            raise OptionError(f"unknown optimiser '{self.training.optimizer}' (known: {', '.join(OPTIMIZERS)}) or a "
+                              "negative weight decay.")
 
     def to_json(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        content = json.loads(json.dumps(dataclasses.asdict(self)))
+        # The optimiser settings came later: a zoo trained with the defaults (Adam, no weight decay) leaves them out,
+        # so its cache key and every provenance that quotes it stay what they were.
+        for name, default in (("optimizer", "adam"), ("weight_decay", 0.0)):
+            if content["training"][name] == default:
+                del content["training"][name]
+        return content
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from schemas.models import InputLayout
+from worker.core.errors import OptionError
 from worker.engine.formats import read_model
 from worker.engine.preprocess import Preprocessing
 from worker.zoo.architectures import reinitialised_copy, seeded_family
@@ -79,3 +80,23 @@ def test_the_uploaded_architecture_trains_batched_like_sequential(mnist, fixture
     first, again = build(5).state_dict(), build(5).state_dict()
     assert all(torch.equal(first[name], again[name]) for name in first)
     assert not torch.equal(first["model.layers.conv2d_1.weight"], before["layers.conv2d_1.weight"])
+
+
+def test_momentum_sgd_with_weight_decay_trains_batched_like_sequential_and_unlike_adam(mnist) -> None:
+    images, labels = mnist[0][:96], mnist[1][:96]
+    sgd = TrainingSettings(epochs=1, batch_size=32, learning_rate=0.05, optimizer="sgd", weight_decay=5e-4)
+
+    def build(seed: int) -> torch.nn.Module:
+        return seeded_family("cnn2-avg-bn", (28, 28, 1), 10, seed)
+
+    jobs = _jobs(labels, 2)
+    batched = train_batched(build, jobs, images, sgd, InputLayout.nchw, torch.device("cpu"), engine="grouped")
+    _assert_same_weights(batched, train_sequential(build, jobs, images, sgd, InputLayout.nchw, torch.device("cpu")))
+    adam = train_sequential(build, jobs, images, TrainingSettings(epochs=1, batch_size=32, learning_rate=0.05),
+                            InputLayout.nchw, torch.device("cpu"))
+    assert _changed(batched, adam) > 1e-2  # the setting reached the optimiser
+
+
+def test_an_unknown_optimiser_is_refused() -> None:
+    with pytest.raises(OptionError, match="unknown optimiser 'rmsprop'"):
+        TrainingSettings(optimizer="rmsprop").optimizer_for([torch.zeros(1, requires_grad=True)])

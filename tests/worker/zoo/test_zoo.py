@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from worker.core.errors import OptionError
 from worker.engine.preprocess import Preprocessing
 from worker.zoo.attack_sampling import AttackRanges
 from worker.zoo.zoo import ModelRecord, cache_root, generate_zoo, judge
@@ -138,3 +139,18 @@ def test_two_processes_building_one_zoo_train_each_group_once(fixtures: Path, tm
                               "training 2 mlp models (2/4)", "training 2 mlp models (4/4)"])
     records = [next(line for line in out.splitlines() if line.startswith("records")) for out, _ in outputs]
     assert records[0] == records[1]  # both read the same zoo back
+
+
+def test_the_optimiser_is_part_of_a_zoo_key_only_when_it_is_not_the_default(tiny_spec) -> None:
+    from worker.zoo.batched import TrainingSettings
+    from worker.zoo.zoo import _zoo_key
+
+    default = tiny_spec()
+    assert set(default.to_json()["training"]) == {"epochs", "batch_size", "learning_rate"}  # keys made before stay
+    sgd = tiny_spec(training=TrainingSettings(epochs=1, batch_size=32, optimizer="sgd", weight_decay=5e-4))
+    assert sgd.to_json()["training"]["optimizer"] == "sgd"
+    assert _zoo_key(sgd) != _zoo_key(default)
+    explicit_adam = tiny_spec(training=TrainingSettings(epochs=1, batch_size=32, optimizer="adam"))
+    assert _zoo_key(explicit_adam) == _zoo_key(default)
+    with pytest.raises(OptionError, match="unknown optimiser 'lbfgs'"):
+        tiny_spec(training=TrainingSettings(optimizer="lbfgs"))
