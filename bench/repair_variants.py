@@ -1,7 +1,7 @@
 """The development harness behind the repair's settings: the repair alone, rerun on triggers cached from one detection.
 
     .venv/bin/python -m bench.repair_variants [--seeds 1,11] [--families ...] [--kinds ...] [--candidates]
-                                              [--repair-seed 0]
+                                              [--repair-seed 0] [--recipe adam|sgd]
 
 A default scan spends most of its time detecting; the repair's settings only change what comes after. So each BadNet
 of bench/repair_cases.py (and the project's) is detected once, its reversed triggers cached as NPZ under
@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--repair-seed", type=int, default=OPTIONS.repair.seed,
                         help="the scans' repair.seed: the same code on the same BadNets and triggers with another "
                              "split of the decision data and other random draws, to see how far counts move by chance")
+    parser.add_argument("--recipe", choices=("adam", "sgd"), default="adam",
+                        help="how the fresh BadNets are trained (sgd: momentum SGD with weight decay, held out)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -137,11 +139,12 @@ def main() -> None:
     for seed in seeds:
         for family in args.families.split(","):
             for kind in args.kinds.split(","):
-                folder = Path(build_case(FIXTURES, CaseSpec(family, kind, seed))["folder"])
+                folder = Path(build_case(FIXTURES, CaseSpec(family, kind, seed, optimizer=args.recipe))["folder"])
                 cases.append((f"{family} {kind} s{seed}", folder, folder / "badnet.onnx"))
-    which = split_of([is_development(s, f, k) for s in seeds for f in args.families.split(",")
+    which = split_of([is_development(s, f, k, args.recipe) for s in seeds for f in args.families.split(",")
                       for k in args.kinds.split(",")])
-    print(f"Repair only, on cached triggers; seeds {args.seeds} ({which}); repair seed {args.repair_seed}; in %.")
+    print(f"Repair only, on cached triggers; seeds {args.seeds} ({which}); BadNets trained with {args.recipe}; "
+          f"repair seed {args.repair_seed}; in %.")
     print(f"{'model':<22} {'clean':>6} {'ASR':>6} | {'repair':<16} {'val':>6} {'clean':>6} {'ASR':>6} | "
           f"{'detect':>6} {'alarm':>6} | ok")
     rows = []
