@@ -47,12 +47,17 @@ class TrainingSettings:
     weight_decay: float = 0.0
 
     def optimizer_for(self, params) -> torch.optim.Optimizer:  # type: ignore[no-untyped-def]
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.learning_rate, momentum=SGD_MOMENTUM,
-                                   weight_decay=self.weight_decay)
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.learning_rate, weight_decay=self.weight_decay)
-        raise OptionError(f"unknown optimiser '{self.optimizer}' (known: {', '.join(OPTIMIZERS)}).")
+        return make_optimizer(params, self.optimizer, self.learning_rate, self.weight_decay)
+
+
+def make_optimizer(params, name: str, learning_rate: float,  # type: ignore[no-untyped-def]
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """One of ``OPTIMIZERS`` over ``params``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=learning_rate, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=learning_rate, weight_decay=weight_decay)
+    raise OptionError(f"unknown optimiser '{name}' (known: {', '.join(OPTIMIZERS)}).")
 
 
 @dataclass(frozen=True)

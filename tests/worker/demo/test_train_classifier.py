@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from worker.core.errors import OptionError
 from worker.demo.badnet import MnistBadNetCNN, train_classifier
 
 
@@ -41,5 +42,5 @@ def test_sgd_with_weight_decay_trains_reproducibly_and_unlike_adam() -> None:
 
 def test_an_unknown_optimiser_is_refused() -> None:
     x, y = _data(16)
-    with pytest.raises(ValueError, match="unknown optimiser 'rmsprop'"):
+    with pytest.raises(OptionError, match="unknown optimiser 'rmsprop'"):
         train_classifier(MnistBadNetCNN(), x, y, epochs=1, seed=0, optimizer="rmsprop")
