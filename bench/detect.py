@@ -326,8 +326,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seed:
             key, screened = screen(zoo_spec(seed, args.models_per_family, args.recipe), images, labels, clean,
-                                   Path(folder),
-                                   shard, args.oracle_triggers)
+                                   Path(folder), shard, args.oracle_triggers)
             keys.append(key)
             for member, results, target in screened:
                 samples.append(sample_of(member, results))
