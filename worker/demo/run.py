@@ -28,7 +28,8 @@ import httpx
 from cli.main import main as cli_main
 from worker.demo.badnet import mnist_badnet
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+#: ``../shared/fixtures`` beside the checkout (this file is <checkout>/worker/demo/run.py).
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 START_SECONDS = 120
 
 
