@@ -121,6 +121,13 @@ def run_repair(model: CanonicalModel, inputs: ScanInputs, options: ScanOptions, 
     choice = choose(unique, original_accuracy, original_estimate, opts.max_accuracy_drop)
     winner = None if choice.index is None else unique[choice.index]
     targets = sorted({t.target for t in triggers}) if opts.goodnet_rule == GoodNetRule.targets else []
+    if targets and found_by == "repair" and options.goodnet:
+        # Measured on a development BadNet whose own-search suspects missed its real target: the GoodNet caught none
+        # of its triggered inputs while the estimate, which only stamps the suspects' triggers, said 93 %.
+        notes.append(f"the GoodNet alarms only where the original answers class {', '.join(map(str, targets))}, "
+                     "which the repair's own trigger search suspected (no detector flagged a target): a backdoor "
+                     "towards any other class passes it unnoticed, and its estimated detection rate covers those "
+                     "classes only")
     models, goodnets = [], []
     with stages.stage("write", 0.9):
         for b in built:

@@ -153,3 +153,20 @@ def test_a_default_scan_finds_unlearns_and_wraps_the_planted_backdoor(planted, f
     assert goodnet.detection_rate > 0.85 and goodnet.false_alarm_rate < 0.03
     assert goodnet.estimated_detection_rate is not None
     assert goodnet.min_confidence is not None and 0 < goodnet.min_confidence <= 0.99  # calibrated, not left at 0
+
+
+def test_a_goodnet_on_the_repairs_own_suspects_says_which_classes_it_covers(planted, files, tmp_path):
+    """Suspects from the repair's own search (no detector flagged one) may miss the real target: the report says that
+    the GoodNet's alarms, and its estimate, cover those classes only; with a detector's trigger it does not."""
+    options = ScanOptions.model_validate({"preprocessing": {"divide_by": 255}, "detectors": [],
+                                          "repair": {"fine_tune_epochs": 2}})
+    inputs = ScanInputs(planted.onnx, clean_data=files["clean"], eval_data=files["eval"])
+    (tmp_path / "own").mkdir()
+    own, goodnets = run_repair(planted.model, inputs, options, PRE, tmp_path / "own", Stages(None), triggers=None,
+                               detector_ran=True)
+    assert own.triggers and all(t.found_by == "repair" for t in own.triggers)
+    recommended = next(g for g in goodnets if g.recommended)
+    covered = ", ".join(map(str, recommended.targets))
+    assert any(f"alarms only where the original answers class {covered}," in w for w in own.warnings)
+    given, _ = repair(planted, files, tmp_path / "given", None)
+    assert not any("alarms only where" in w for w in given.warnings)
