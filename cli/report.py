@@ -62,6 +62,7 @@ def describe_report(report: ScanReport, out: Path | None) -> str:
             lines.append("  NOTHING WORKED: use neither a repaired model nor a GoodNet from this scan.")
         if r.recommendation:
             lines.append(f"  {r.recommendation}")
+        lines += [f"  warning: {w}" for w in r.warnings]
     if report.goodnets:
         lines += ["", f"  {'goodnet':<16} {'clean acc':>10} {'false alarm':>12} {'detection':>10} {'estimate':>9}"]
         for g in report.goodnets:

@@ -2,16 +2,20 @@
 repair, and a scan in which nothing works says so."""
 
 import hashlib
+from datetime import UTC, datetime
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from markupsafe import escape
 from repair_planted import save_npz
 
 from cli.report import describe_report
+from schemas.api import ScanPublic, ScanState
 from schemas.report import ScanReport, Verdict
 from schemas.scan import ScanOptions
+from service.report_page import render_report
 from worker.engine.preprocess import Preprocessing, model_input
 from worker.engine.repair.candidates import RepairData, build_candidates
 from worker.engine.repair.goodnet import GoodNet, calibrate_confidence, export_goodnet_onnx, goodnet_labels
@@ -167,6 +171,14 @@ def test_a_goodnet_on_the_repairs_own_suspects_says_which_classes_it_covers(plan
     assert own.triggers and all(t.found_by == "repair" for t in own.triggers)
     recommended = next(g for g in goodnets if g.recommended)
     covered = ", ".join(map(str, recommended.targets))
-    assert any(f"alarms only where the original answers class {covered}," in w for w in own.warnings)
+    warning = next(w for w in own.warnings if f"alarms only where the original answers class {covered}," in w)
+    text = describe_report(ScanReport(bdscreen_version="test", model=planted.model.signature,
+                                      verdict=Verdict.clean, repair=own, goodnets=goodnets), None)
+    assert f"warning: {warning}" in text  # the CLI table shows it, not only the JSON
+    scan = ScanPublic(id="s", state=ScanState.succeeded, progress=1.0, created_at=datetime.now(UTC),
+                      report=ScanReport(bdscreen_version="test", model=planted.model.signature, verdict=Verdict.clean,
+                                        repair=own, goodnets=goodnets))
+    page = render_report(scan, None, "planted.onnx")  # type: ignore[arg-type]  # no pictures: no store needed
+    assert f"<li>Warning: {escape(warning)}</li>" in page  # and the report page
     given, _ = repair(planted, files, tmp_path / "given", None)
     assert not any("alarms only where" in w for w in given.warnings)
