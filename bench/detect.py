@@ -383,7 +383,8 @@ def main() -> None:
     if args.write_calibration:
         auc, tpr, fpr = rates(labels_, scores, threshold)
         seed = args.seed[0] if len(args.seed) == 1 else args.seed
-        provenance = {"zoo_key": ",".join(keys), "seed": seed, "families": list(FAMILIES), "kinds": list(KINDS),
+        provenance = {"zoo_key": ",".join(keys), "seed": seed, "recipe": args.recipe, "families": list(FAMILIES),
+                      "kinds": list(KINDS),
                       "models": len(samples), "backdoored": int(labels_.sum()),
                       "held_out": {"auc": auc, "tpr": tpr, "fpr": fpr},
                       "made_by": "python -m bench.detect --write-calibration"}

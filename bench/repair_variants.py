@@ -33,6 +33,7 @@ from bench.repair_cases import (
     DEV_SEEDS,
     FAMILIES,
     KINDS,
+    RECIPES,
     CaseSpec,
     build_case,
     is_development,
@@ -129,7 +130,7 @@ def main() -> None:
     parser.add_argument("--repair-seed", type=int, default=OPTIONS.repair.seed,
                         help="the scans' repair.seed: the same code on the same BadNets and triggers with another "
                              "split of the decision data and other random draws, to see how far counts move by chance")
-    parser.add_argument("--recipe", choices=("adam", "sgd"), default="adam",
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default="adam",
                         help="how the fresh BadNets are trained (sgd: momentum SGD with weight decay, held out)")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -64,9 +64,10 @@ class ZooSpec:
                               "and at least one evaluation image.")
         if self.training.epochs < 1 or self.num_classes < 2:
             raise OptionError("a zoo needs at least one epoch and two classes.")
-        if self.training.optimizer not in OPTIMIZERS or self.training.weight_decay < 0:
-            raise OptionError(f"unknown optimiser '{self.training.optimizer}' (known: {', '.join(OPTIMIZERS)}) or a "
-                              "negative weight decay.")
+        if self.training.optimizer not in OPTIMIZERS:
+            raise OptionError(f"unknown optimiser '{self.training.optimizer}' (known: {', '.join(OPTIMIZERS)}).")
+        if self.training.weight_decay < 0:
+            raise OptionError(f"weight decay must be 0 or more, got {self.training.weight_decay:g}.")
 
     def to_json(self) -> dict:
         content = json.loads(json.dumps(dataclasses.asdict(self)))

@@ -9,7 +9,8 @@ import torch
 from worker.core.errors import OptionError
 from worker.engine.preprocess import Preprocessing
 from worker.zoo.attack_sampling import AttackRanges
-from worker.zoo.zoo import ModelRecord, cache_root, generate_zoo, judge
+from worker.zoo.batched import TrainingSettings
+from worker.zoo.zoo import ModelRecord, _zoo_key, cache_root, generate_zoo, judge
 from worker.zoo.zoo_spec import plan_candidates
 
 
@@ -142,9 +143,6 @@ def test_two_processes_building_one_zoo_train_each_group_once(fixtures: Path, tm
 
 
 def test_the_optimiser_is_part_of_a_zoo_key_only_when_it_is_not_the_default(tiny_spec) -> None:
-    from worker.zoo.batched import TrainingSettings
-    from worker.zoo.zoo import _zoo_key
-
     default = tiny_spec()
     assert set(default.to_json()["training"]) == {"epochs", "batch_size", "learning_rate"}  # keys made before stay
     sgd = tiny_spec(training=TrainingSettings(epochs=1, batch_size=32, optimizer="sgd", weight_decay=5e-4))
@@ -154,3 +152,5 @@ def test_the_optimiser_is_part_of_a_zoo_key_only_when_it_is_not_the_default(tiny
     assert _zoo_key(explicit_adam) == _zoo_key(default)
     with pytest.raises(OptionError, match="unknown optimiser 'lbfgs'"):
         tiny_spec(training=TrainingSettings(optimizer="lbfgs"))
+    with pytest.raises(OptionError, match="weight decay must be 0 or more, got -0.1"):
+        tiny_spec(training=TrainingSettings(optimizer="sgd", weight_decay=-0.1))
